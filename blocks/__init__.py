@@ -1,0 +1,1 @@
+"""Prefect blocks for longrun: configuration plus a factory returning core objects."""

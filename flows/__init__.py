@@ -1,0 +1,1 @@
+"""Prefect adapters: the job flow and its stage, gate and checkpoint tasks."""

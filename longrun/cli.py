@@ -1,0 +1,361 @@
+"""The ``longrun`` command.
+
+Human output by default, ``--json`` for machines. Exit codes are stable:
+
+====  ===========================================================
+0     success; for ``run``/``resume``: the job COMPLETED
+1     the job FAILED, or an unexpected internal error
+2     bad input: ``job_invalid_spec``, ``job_not_found``, bad usage
+3     the job STOPPED (max iterations, wall time, stop file, no progress)
+4     the job STOPPED_BUDGET (budget governor)
+5     the job was REJECTED at an approval
+6     the job is WAITING_APPROVAL
+130   interrupted (Ctrl-C); the job can be resumed
+====  ===========================================================
+
+Prefect is imported only by the commands that run a flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from longrun import __version__
+from longrun.errors import LongrunError, SpecError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+EXIT_STOPPED_BUDGET = 4
+EXIT_REJECTED = 5
+EXIT_WAITING = 6
+EXIT_INTERRUPTED = 130
+
+STATUS_EXIT = {
+    "COMPLETED": EXIT_OK,
+    "FAILED": EXIT_FAILED,
+    "STOPPED": EXIT_STOPPED,
+    "STOPPED_BUDGET": EXIT_STOPPED_BUDGET,
+    "REJECTED": EXIT_REJECTED,
+    "WAITING_APPROVAL": EXIT_WAITING,
+}
+
+BAD_INPUT_CODES = {"job_invalid_spec", "job_not_found", "job_id_invalid", "path_escape", "tool_not_allowed", "job_spec_immutable"}
+
+#: Defaults for the embedded Prefect server; the user's environment wins.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+}
+
+
+class Out:
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def emit(self, human: str, machine: Any) -> None:
+        if self.json:
+            print(json.dumps(machine, sort_keys=True, default=str))
+        else:
+            print(human)
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return Path(args.root or os.environ.get("LONGRUN_ROOT") or ".").resolve()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace, out: Out) -> int:
+    from longrun.spec import load_spec
+
+    results = []
+    worst = EXIT_OK
+    for path in args.paths:
+        try:
+            loaded = load_spec(path)
+        except SpecError as exc:
+            worst = EXIT_BAD_INPUT
+            results.append({"path": path, "ok": False, "error": exc.to_dict()})
+            if not out.json:
+                print(f"job_invalid_spec: {path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+                for p in exc.problems:
+                    print(f"  {p.file or path}: {p.path}: {p.message}", file=sys.stderr)
+            continue
+        except LongrunError as exc:
+            worst = EXIT_BAD_INPUT
+            results.append({"path": path, "ok": False, "error": exc.to_dict()})
+            if not out.json:
+                print(f"{exc.code}: {exc.message}", file=sys.stderr)
+            continue
+        results.append({"path": path, "ok": True, "job_id": loaded.job_id, "name": loaded.spec.name})
+        if not out.json:
+            print(f"ok  {path}  job {loaded.spec.name} ({loaded.job_id})")
+    if out.json:
+        if len(results) == 1 and not results[0]["ok"]:
+            print(json.dumps({"error": results[0]["error"]}, sort_keys=True))
+        else:
+            print(json.dumps({"results": results}, sort_keys=True))
+    return worst
+
+
+def _run_flow(loaded, root: Path, out: Out) -> int:
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from longrun.flows.job import job_flow
+
+    flow = job_flow(loaded)
+    source = str(loaded.source) if loaded.source else None
+    spec_data = json.loads(loaded.canonical)
+    try:
+        outcome = flow(spec=spec_data, root=str(root), source=source)
+    except KeyboardInterrupt:
+        print("interrupted; resume with: longrun resume " + loaded.job_id, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except LongrunError:
+        raise
+    except Exception as exc:  # a crashed flow is journaled by the flow itself when it can be
+        raise LongrunError(f"the job flow crashed: {type(exc).__name__}: {exc}", code="run_crashed") from exc
+    status = outcome["status"]
+    out.emit(
+        f"{outcome['name']} ({outcome['job_id']}): {status}"
+        + (f" [{outcome['reason']}]" if outcome.get("reason") else "")
+        + f" after {outcome['iterations']} iteration(s), ${outcome['usd']:.4f}, {outcome['tokens']} tokens",
+        outcome,
+    )
+    return STATUS_EXIT.get(status, EXIT_FAILED)
+
+
+def cmd_run(args: argparse.Namespace, out: Out) -> int:
+    from longrun.jobs import find_job
+    from longrun.spec import load_spec
+
+    root = _root(args)
+    loaded = load_spec(args.path)
+    try:
+        state = find_job(root, loaded.job_id).state()
+    except LongrunError:
+        state = None
+    if state is not None and state.status == "COMPLETED":
+        out.emit(f"{loaded.spec.name} ({loaded.job_id}): already COMPLETED after {state.iterations_finished} iteration(s)",
+                 {"job_id": loaded.job_id, "name": loaded.spec.name, "status": "COMPLETED", "iterations": state.iterations_finished})
+        return EXIT_OK
+    return _run_flow(loaded, root, out)
+
+
+def cmd_resume(args: argparse.Namespace, out: Out) -> int:
+    from longrun import atomicio
+    from longrun.jobs import find_job
+
+    root = _root(args)
+    record = find_job(root, args.job)
+    state = record.state()
+    if state.status == "COMPLETED":
+        out.emit(f"{record.name} ({record.job_id}): already COMPLETED", {"job_id": record.job_id, "status": "COMPLETED"})
+        return EXIT_OK
+    loaded = record.load()
+    # The source spec (for the workspace template) is recorded at registration.
+    source = _registered_source(record)
+    if source is not None:
+        from dataclasses import replace
+
+        loaded = replace(loaded, source=Path(source))
+    if atomicio.remove(record.paths.job_stop_file):
+        print(f"removed stop file {record.paths.job_stop_file}", file=sys.stderr)
+    return _run_flow(loaded, root, out)
+
+
+def _registered_source(record) -> str | None:
+    for event in record.journal.read():
+        if event.type == "job_registered":
+            return event.payload.source
+    return None
+
+
+def cmd_stop(args: argparse.Namespace, out: Out) -> int:
+    from longrun import atomicio
+    from longrun.jobs import find_job
+
+    record = find_job(_root(args), args.job)
+    atomicio.touch(record.paths.job_stop_file)
+    record.journal.append("stop_requested", {"by": args.by or os.environ.get("USER", "cli"), "reason": args.reason}, job_id=record.job_id)
+    out.emit(
+        f"stop requested for {record.name} ({record.job_id}); it stops before its next stage",
+        {"job_id": record.job_id, "stop_file": str(record.paths.job_stop_file)},
+    )
+    return EXIT_OK
+
+
+def _state_dict(record, state) -> dict[str, Any]:
+    return {
+        "job_id": record.job_id,
+        "name": record.name,
+        "status": str(state.status),
+        "reason": state.stop_reason,
+        "iteration": state.iteration,
+        "iterations_finished": state.iterations_finished,
+        "open_iteration": state.open_iteration,
+        "usd": round(state.usd_total, 6),
+        "tokens": state.tokens_total,
+        "active_seconds": round(state.active_seconds, 3),
+        "no_progress_streak": state.no_progress_streak,
+        "runs": list(state.runs),
+        "last_event": {"seq": state.last_seq, "type": state.last_event_type, "ts": state.last_event_ts},
+        "stop_requested": state.stop_requested,
+    }
+
+
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    from longrun.jobs import find_job
+
+    record = find_job(_root(args), args.job)
+    state = record.state()
+    d = _state_dict(record, state)
+    gates = state.gate_results.get(state.iteration, {})
+    d["gates"] = {name: bool(g["passed"]) for name, g in gates.items()}
+    human = [
+        f"{record.name} ({record.job_id})",
+        f"  status      {d['status']}" + (f" [{d['reason']}]" if d["reason"] else ""),
+        f"  iterations  {d['iterations_finished']}" + (f" (iteration {d['open_iteration']} open)" if d["open_iteration"] else ""),
+        f"  spend       ${d['usd']:.4f}, {d['tokens']} tokens",
+        f"  wall time   {d['active_seconds']:.1f}s over {len(d['runs'])} run(s)",
+    ]
+    if gates:
+        human.append("  gates       " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in d["gates"].items()))
+    human.append(f"  last event  #{state.last_seq} {state.last_event_type} at {state.last_event_ts}")
+    out.emit("\n".join(human), d)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, out: Out) -> int:
+    from longrun.jobs import list_jobs
+
+    rows = []
+    for record in list_jobs(_root(args)):
+        state = record.state()
+        rows.append(_state_dict(record, state))
+    if out.json:
+        print(json.dumps({"jobs": rows}, sort_keys=True, default=str))
+        return EXIT_OK
+    if not rows:
+        print("no jobs under " + str(_root(args)))
+        return EXIT_OK
+    print(f"{'JOB ID':<13} {'NAME':<24} {'STATUS':<17} {'ITER':>4}  LAST EVENT")
+    for r in rows:
+        last = r["last_event"]
+        print(f"{r['job_id']:<13} {r['name'][:24]:<24} {r['status']:<17} {r['iterations_finished']:>4}  #{last['seq']} {last['type']} {last['ts']}")
+    return EXIT_OK
+
+
+def _event_line(event) -> str:
+    payload = event.payload.model_dump(mode="json")
+    brief = " ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}" for k, v in payload.items())
+    return f"#{event.seq:<5} {event.ts.isoformat()} {event.type:<18} {brief}"
+
+
+def cmd_tail(args: argparse.Namespace, out: Out) -> int:
+    from longrun.jobs import find_job
+
+    record = find_job(_root(args), args.job)
+    journal = record.journal
+
+    def show(event) -> None:
+        if out.json:
+            print(event.to_line().decode("utf-8").rstrip("\n"), flush=True)
+        else:
+            print(_event_line(event), flush=True)
+
+    events = journal.read()
+    if args.n is not None:
+        events = events[-args.n:]
+    for event in events:
+        show(event)
+    if not args.follow:
+        return EXIT_OK
+    last = events[-1].seq if events else 0
+
+    def finished() -> bool:
+        return journal.state().is_terminal and not args.forever
+
+    try:
+        for event in journal.follow(after_seq=last, stop=finished):
+            show(event)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--root", help="job root holding .maestro/ (default: $LONGRUN_ROOT or the current directory)")
+
+    p = argparse.ArgumentParser(prog="longrun", description="Governed, resumable long-run jobs on Prefect.")
+    p.add_argument("--version", action="version", version=f"longrun {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate", parents=[common], help="check job specs against the schema")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("run", parents=[common], help="run (or continue) the job a spec describes")
+    s.add_argument("path", metavar="PATH")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("resume", parents=[common], help="continue a stopped or crashed job")
+    s.add_argument("job", metavar="JOB")
+    s.set_defaults(fn=cmd_resume)
+
+    s = sub.add_parser("stop", parents=[common], help="ask a running job to stop before its next stage")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--reason", default="stopped by operator")
+    s.add_argument("--by", default=None)
+    s.set_defaults(fn=cmd_stop)
+
+    s = sub.add_parser("status", parents=[common], help="a job's state, derived from its journal")
+    s.add_argument("job", metavar="JOB")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("list", parents=[common], help="every job with its state")
+    s.set_defaults(fn=cmd_list)
+
+    s = sub.add_parser("tail", parents=[common], help="print a job's events in order")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing new events until the run ends")
+    s.add_argument("--forever", action="store_true", help="with --follow: do not end when the run ends")
+    s.add_argument("-n", type=int, default=None, help="only the last N events first")
+    s.set_defaults(fn=cmd_tail)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Out(getattr(args, "json", False))
+    try:
+        return args.fn(args, out)
+    except LongrunError as exc:
+        if out.json:
+            print(json.dumps({"error": exc.to_dict()}, sort_keys=True))
+        else:
+            print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_INPUT if exc.code in BAD_INPUT_CODES else EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,405 @@
+"""Frozen, versioned journal events.
+
+One journal line is one JSON object::
+
+    {"seq": 7, "type": "stage_finished", "version": "job_event_v1",
+     "ts": "2025-01-01T00:00:00.000000Z", "job_id": "0123456789ab",
+     "payload": {...}}
+
+Each event type is one envelope class (``type: Literal[...]``) carrying one
+payload class; :data:`EventAdapter` parses a raw dict through a union
+discriminated on ``type``. Payloads use ``extra="allow"`` so that fields a
+newer writer adds within the same version do not break older readers.
+
+Versioning: lines are read through :func:`parse_event`, which upcasts older
+versions step by step (``_UPCASTERS``: version → (next version, step)) until
+the current :data:`EVENT_VERSION`; a version with no path raises
+:class:`EventVersionUnsupported`. To introduce ``job_event_v2``: set
+``EVENT_VERSION = "job_event_v2"``, change the envelope's version literal and
+register ``_UPCASTERS["job_event_v1"] = ("job_event_v2", v1_to_v2)``; golden
+v1 journals in ``tests/fixtures/journals`` keep pinning the old shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
+
+from longrun.errors import EventVersionUnsupported, JournalCorrupt
+
+EVENT_VERSION = "job_event_v1"
+
+JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
+
+StopReason = Literal["max_iterations", "max_wall_time", "stop_file", "no_progress"]
+
+
+def format_ts(ts: datetime) -> str:
+    """ISO 8601 in UTC with microseconds and a ``Z`` suffix."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+class Payload(BaseModel):
+    """Base of every payload: frozen, tolerant of fields from newer writers."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Usage(Payload):
+    usd: float = Field(0.0, ge=0)
+    tokens: int = Field(0, ge=0)
+    model: str | None = None
+
+
+class JobRegistered(Payload):
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    name: str
+    spec_sha256: str
+    source: str | None = None
+    root: str
+
+
+class RunStarted(Payload):
+    run_id: str
+    flow_run_id: str | None = None
+    resumed: bool = False
+
+
+class IterationStarted(Payload):
+    iteration: int = Field(ge=1)
+    start_tree: str | None = None
+
+
+class StageStarted(Payload):
+    iteration: int = Field(ge=1)
+    stage: str
+    attempt: int = Field(1, ge=1)
+    phase: str | None = None
+    model: str
+
+
+class StageFinished(Payload):
+    iteration: int = Field(ge=1)
+    stage: str
+    exit_code: int | None
+    timed_out: bool = False
+    duration_s: float = Field(ge=0)
+    phase: str | None = None
+    model: str
+    attempts: int = Field(1, ge=1)
+    usage: Usage = Field(default_factory=Usage)
+
+
+class GateEvaluated(Payload):
+    iteration: int = Field(ge=1)
+    gate: str
+    kind: str
+    required: bool
+    passed: bool
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointWritten(Payload):
+    iteration: int = Field(ge=1)
+    dir: str
+    files: dict[str, str] = Field(default_factory=dict, description="name → sha256")
+
+
+class IterationFinished(Payload):
+    iteration: int = Field(ge=1)
+    gates_passed: bool = Field(description="All required gates passed.")
+    fingerprint: str
+
+
+class StopRequested(Payload):
+    by: str
+    reason: str
+
+
+class RunCompleted(Payload):
+    iteration: int = Field(ge=0)
+    reason: str
+
+
+class RunStopped(Payload):
+    reason: StopReason
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunFailed(Payload):
+    code: str
+    message: str
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+class Event(BaseModel):
+    """The envelope every journal line shares; subclasses fix ``type`` and ``payload``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq: int = Field(ge=1)
+    type: str
+    version: Literal["job_event_v1"] = EVENT_VERSION
+    ts: AwareDatetime
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    payload: Payload
+
+    @field_validator("ts")
+    @classmethod
+    def _to_utc(cls, v: datetime) -> datetime:
+        return v.astimezone(UTC)
+
+    @field_serializer("ts")
+    def _ser_ts(self, v: datetime) -> str:
+        return format_ts(v)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict of this event (what a journal line holds)."""
+        return self.model_dump(mode="json")
+
+    def to_line(self) -> bytes:
+        """One compact JSON line, UTF-8, ending in ``\\n``."""
+        text = json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        return (text + "\n").encode("utf-8")
+
+
+class JobRegisteredEvent(Event):
+    type: Literal["job_registered"] = "job_registered"
+    payload: JobRegistered
+
+
+class RunStartedEvent(Event):
+    type: Literal["run_started"] = "run_started"
+    payload: RunStarted
+
+
+class IterationStartedEvent(Event):
+    type: Literal["iteration_started"] = "iteration_started"
+    payload: IterationStarted
+
+
+class StageStartedEvent(Event):
+    type: Literal["stage_started"] = "stage_started"
+    payload: StageStarted
+
+
+class StageFinishedEvent(Event):
+    type: Literal["stage_finished"] = "stage_finished"
+    payload: StageFinished
+
+
+class GateEvaluatedEvent(Event):
+    type: Literal["gate_evaluated"] = "gate_evaluated"
+    payload: GateEvaluated
+
+
+class CheckpointWrittenEvent(Event):
+    type: Literal["checkpoint_written"] = "checkpoint_written"
+    payload: CheckpointWritten
+
+
+class IterationFinishedEvent(Event):
+    type: Literal["iteration_finished"] = "iteration_finished"
+    payload: IterationFinished
+
+
+class StopRequestedEvent(Event):
+    type: Literal["stop_requested"] = "stop_requested"
+    payload: StopRequested
+
+
+class RunCompletedEvent(Event):
+    type: Literal["run_completed"] = "run_completed"
+    payload: RunCompleted
+
+
+class RunStoppedEvent(Event):
+    type: Literal["run_stopped"] = "run_stopped"
+    payload: RunStopped
+
+
+class RunFailedEvent(Event):
+    type: Literal["run_failed"] = "run_failed"
+    payload: RunFailed
+
+
+_EVENT_CLASSES: tuple[type[Event], ...] = (
+    JobRegisteredEvent,
+    RunStartedEvent,
+    IterationStartedEvent,
+    StageStartedEvent,
+    StageFinishedEvent,
+    GateEvaluatedEvent,
+    CheckpointWrittenEvent,
+    IterationFinishedEvent,
+    StopRequestedEvent,
+    RunCompletedEvent,
+    RunStoppedEvent,
+    RunFailedEvent,
+)
+
+#: type name → envelope class.
+EVENT_TYPES: Mapping[str, type[Event]] = {c.model_fields["type"].default: c for c in _EVENT_CLASSES}
+
+#: type name → payload class.
+PAYLOAD_TYPES: Mapping[str, type[Payload]] = {
+    name: cls.model_fields["payload"].annotation for name, cls in EVENT_TYPES.items()
+}
+
+AnyEvent = Annotated[Union[_EVENT_CLASSES], Field(discriminator="type")]  # type: ignore[valid-type]
+EventAdapter: TypeAdapter[Event] = TypeAdapter(AnyEvent)
+
+
+# --------------------------------------------------------------------------- versions
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: old version → (next version, step turning a raw event of old into next).
+#: Empty while v1 is the only version; see the module docstring.
+_UPCASTERS: dict[str, tuple[str, Upcaster]] = {}
+
+
+def known_versions() -> frozenset[str]:
+    """Every version :func:`parse_event` can read."""
+    return frozenset({EVENT_VERSION, *_UPCASTERS})
+
+
+def upcast(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Lift a raw event dict to :data:`EVENT_VERSION`, one registered step at a time.
+
+    Raises :class:`EventVersionUnsupported` for a version with no path and
+    :class:`JournalCorrupt` when the version field is missing.
+    """
+    event = dict(raw)
+    seen: set[str] = set()
+    while (version := event.get("version")) != EVENT_VERSION:
+        if not isinstance(version, str):
+            raise JournalCorrupt(f"event has no valid version field (got {version!r})")
+        step = _UPCASTERS.get(version)
+        if step is None or version in seen:
+            raise EventVersionUnsupported(
+                f"event version {version!r} is not supported (this longrun reads "
+                f"{', '.join(sorted(known_versions()))}); upgrade longrun"
+            )
+        seen.add(version)
+        next_version, fn = step
+        event = {**fn(event), "version": next_version}
+    return event
+
+
+def parse_event(raw: Mapping[str, Any]) -> Event:
+    """Validate one raw journal record into its typed :class:`Event`.
+
+    Raises :class:`EventVersionUnsupported` for a version with no upcast path
+    and :class:`JournalCorrupt` for an unknown type or an invalid record.
+    """
+    if not isinstance(raw, Mapping):
+        raise JournalCorrupt(f"event must be a JSON object, got {type(raw).__name__}")
+    event = upcast(raw)
+    kind = event.get("type")
+    if kind not in EVENT_TYPES:
+        raise JournalCorrupt(
+            f"unknown event type {kind!r} for version {EVENT_VERSION} "
+            f"(known: {', '.join(sorted(EVENT_TYPES))})"
+        )
+    try:
+        return EventAdapter.validate_python(event)
+    except ValidationError as exc:
+        raise JournalCorrupt(f"invalid {kind} event: {_summarise(exc)}") from exc
+
+
+def build_event(
+    type: str,
+    payload: Mapping[str, Any] | Payload,
+    *,
+    seq: int,
+    job_id: str,
+    ts: datetime,
+) -> Event:
+    """Build and validate a current-version event (what the journal appends).
+
+    A bad event here is a caller's bug, not a corrupt journal, so this raises
+    ``ValueError`` for an unknown ``type``, pydantic's ``ValidationError`` (a
+    ``ValueError``) for invalid fields, and ``TypeError`` for a payload model
+    of another type.
+    """
+    cls = EVENT_TYPES.get(type)
+    if cls is None:
+        raise ValueError(f"unknown event type {type!r} (known: {', '.join(sorted(EVENT_TYPES))})")
+    if isinstance(payload, Payload):
+        expected = PAYLOAD_TYPES[type]
+        if not isinstance(payload, expected):
+            raise TypeError(f"{type} takes a {expected.__name__} payload, not {payload.__class__.__name__}")
+        payload = payload.model_dump(mode="json")
+    return cls.model_validate(
+        {"seq": seq, "type": type, "version": EVENT_VERSION, "ts": ts, "job_id": job_id, "payload": dict(payload)}
+    )
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"] if p not in EVENT_TYPES)
+        parts.append(f"{loc or '$'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+__all__ = [
+    "EVENT_TYPES",
+    "EVENT_VERSION",
+    "PAYLOAD_TYPES",
+    "AnyEvent",
+    "CheckpointWritten",
+    "CheckpointWrittenEvent",
+    "Event",
+    "EventAdapter",
+    "GateEvaluated",
+    "GateEvaluatedEvent",
+    "IterationFinished",
+    "IterationFinishedEvent",
+    "IterationStarted",
+    "IterationStartedEvent",
+    "JobRegistered",
+    "JobRegisteredEvent",
+    "Payload",
+    "RunCompleted",
+    "RunCompletedEvent",
+    "RunFailed",
+    "RunFailedEvent",
+    "RunStarted",
+    "RunStartedEvent",
+    "RunStopped",
+    "RunStoppedEvent",
+    "StageFinished",
+    "StageFinishedEvent",
+    "StageStarted",
+    "StageStartedEvent",
+    "StopReason",
+    "StopRequested",
+    "StopRequestedEvent",
+    "Upcaster",
+    "Usage",
+    "build_event",
+    "format_ts",
+    "known_versions",
+    "parse_event",
+    "upcast",
+]

@@ -1,0 +1,113 @@
+"""The job registry under a root: register a spec, find a job, list jobs.
+
+A job is identified by its deterministic id (SPEC S3). Registering writes the
+canonical spec once (immutable) and the first journal event; registering the
+same spec again is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from longrun import atomicio, gitutil
+from longrun.errors import JobNotFound, LongrunError
+from longrun.journal import Journal
+from longrun.paths import JOB_ID_RE, JobPaths, jobs_dir, safe_join
+from longrun.spec.loader import LoadedSpec, load_canonical
+from longrun.state import RunState
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    name: str
+    paths: JobPaths
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.paths.events_file)
+
+    def state(self) -> RunState:
+        return self.journal.state()
+
+    def load(self) -> LoadedSpec:
+        text = self.paths.spec_file.read_text(encoding="utf-8")
+        return load_canonical(text, file=str(self.paths.spec_file))
+
+
+def register(loaded: LoadedSpec, root: Path) -> JobRecord:
+    paths = JobPaths(root, loaded.job_id)
+    atomicio.write_once(paths.spec_file, loaded.canonical + "\n")
+    journal = Journal(paths.events_file)
+    if journal.state().last_seq == 0:
+        journal.append(
+            "job_registered",
+            {
+                "job_id": loaded.job_id,
+                "name": loaded.spec.name,
+                "spec_sha256": hashlib.sha256(loaded.canonical.encode("utf-8")).hexdigest(),
+                "source": str(loaded.source) if loaded.source else None,
+                "root": str(root),
+            },
+            job_id=loaded.job_id,
+        )
+    return JobRecord(loaded.job_id, loaded.spec.name, paths)
+
+
+def ensure_workspace(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Path:
+    """The job's workspace; created from its template (as a new git repo) when absent."""
+    ws_cfg = loaded.spec.workspace
+    workspace = safe_join(root, ws_cfg.path, what="workspace.path")
+    if workspace.exists():
+        return workspace
+    if ws_cfg.template is None:
+        raise LongrunError(f"workspace {workspace} does not exist and the spec names no template", code="workspace_missing")
+    if template_base is None:
+        raise LongrunError(
+            f"workspace {workspace} does not exist; run the job from its spec file so the template can be found",
+            code="workspace_missing",
+        )
+    template = safe_join(template_base, ws_cfg.template, what="workspace.template")
+    gitutil.init_from_template(template, workspace)
+    return workspace
+
+
+def find_job(root: Path, ref: str) -> JobRecord:
+    """A job by id, id prefix (unique) or name (most recently registered wins)."""
+    base = jobs_dir(root)
+    if JOB_ID_RE.match(ref):
+        paths = JobPaths(root, ref)
+        if paths.spec_file.exists():
+            return _record(paths)
+        raise JobNotFound(f"no job {ref!r} under {root}")
+    if not ref or len(ref) > 64 or not all(c.isalnum() or c in "-_" for c in ref):
+        raise JobNotFound(f"{ref!r} is neither a job id nor a job name")
+    matches = [r for r in list_jobs(root) if r.name == ref or r.job_id.startswith(ref)]
+    if not matches:
+        raise JobNotFound(f"no job named {ref!r} under {base}")
+    by_name = [r for r in matches if r.name == ref]
+    if len(by_name) > 1:
+        # The same name with different specs: pick the latest activity.
+        return max(by_name, key=lambda r: r.paths.events_file.stat().st_mtime if r.paths.events_file.exists() else 0)
+    if len(matches) > 1 and not by_name:
+        raise JobNotFound(f"{ref!r} matches several jobs: {', '.join(r.job_id for r in matches)}")
+    return (by_name or matches)[0]
+
+
+def list_jobs(root: Path) -> list[JobRecord]:
+    base = jobs_dir(root)
+    if not base.is_dir():
+        return []
+    out = []
+    for d in sorted(base.iterdir()):
+        if d.is_dir() and JOB_ID_RE.match(d.name) and (d / "spec.json").exists():
+            out.append(_record(JobPaths(root, d.name)))
+    return out
+
+
+def _record(paths: JobPaths) -> JobRecord:
+    state = Journal(paths.events_file).state() if paths.events_file.exists() else None
+    name = state.name if state and state.name else paths.job_id
+    return JobRecord(paths.job_id, name, paths)

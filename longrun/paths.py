@@ -1,0 +1,105 @@
+"""Where a job's files live, and safe resolution of every path a spec names.
+
+Layout under the job root (``--root``, default: the current directory)::
+
+    .maestro/
+      jobs/<jobId>/spec.json        canonical spec, written once, immutable
+      jobs/<jobId>/events.jsonl     append-only journal
+      jobs/<jobId>/STOP             per-job stop file (``longrun stop JOB``)
+      checkpoints/<jobId>/<iter>/   plan-diff.md, patch.diff, command.log,
+                                    test-report.json, summary.md (+ records)
+      results/                      Prefect result-record metadata (cache keys)
+      STOP                          root-wide stop file (stops every job)
+
+No path from a spec may escape its base: ``..``, absolute paths and symlinks
+that lead outside are refused with ``path_escape`` (SPEC G4).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from longrun.errors import JobIdInvalid, PathEscape
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+MAESTRO = ".maestro"
+
+
+def check_job_id(job_id: str) -> str:
+    """Job ids are allowlisted: exactly 12 lowercase hex digits."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise JobIdInvalid(f"{job_id!r} is not a job id (12 lowercase hex digits)")
+    return job_id
+
+
+def safe_join(base: Path, relative: str, *, what: str = "path") -> Path:
+    """Resolve ``relative`` under ``base``; refuse anything that leaves ``base``.
+
+    Symlinks are followed before the check, so a link pointing outside is
+    refused just like ``..``.
+    """
+    rel = Path(relative)
+    if rel.is_absolute():
+        raise PathEscape(f"{what} {relative!r} is absolute; it must be relative to {base}")
+    if ".." in rel.parts:
+        raise PathEscape(f"{what} {relative!r} climbs out with '..'")
+    base_resolved = base.resolve()
+    target = (base_resolved / rel).resolve()
+    if target != base_resolved and base_resolved not in target.parents:
+        raise PathEscape(f"{what} {relative!r} resolves to {target}, outside {base_resolved}")
+    return target
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    root: Path
+    job_id: str
+
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id)
+
+    @property
+    def maestro(self) -> Path:
+        return self.root / MAESTRO
+
+    @property
+    def job_dir(self) -> Path:
+        return self.maestro / "jobs" / self.job_id
+
+    @property
+    def spec_file(self) -> Path:
+        return self.job_dir / "spec.json"
+
+    @property
+    def events_file(self) -> Path:
+        return self.job_dir / "events.jsonl"
+
+    @property
+    def job_stop_file(self) -> Path:
+        return self.job_dir / "STOP"
+
+    @property
+    def checkpoints_root(self) -> Path:
+        """Base of the checkpoint result storage (keys start with the job id)."""
+        return self.maestro / "checkpoints"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoints_root / self.job_id
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return self.checkpoints / str(iteration)
+
+    @property
+    def results_meta(self) -> Path:
+        return self.maestro / "results"
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.maestro / "evidence"
+
+
+def jobs_dir(root: Path) -> Path:
+    return root / MAESTRO / "jobs"

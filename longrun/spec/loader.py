@@ -1,0 +1,164 @@
+"""Load a job spec: bytes → ``yaml.safe_load`` → ``JobSpec.model_validate``.
+
+Raw dicts stop here. Every problem in a spec is reported at once, each with
+its file and JSON path (``stages[2].timeout``), as a ``SpecError``
+(``job_invalid_spec``). A missing file is ``job_not_found``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from longrun.errors import JobNotFound, Problem, SpecError
+from longrun.spec.models import JobSpec, cross_check
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: JobSpec
+    source: Path | None
+    job_id: str
+    canonical: str
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative template paths are resolved against."""
+        return self.source.parent if self.source is not None else Path.cwd()
+
+
+def canonical_json(spec: JobSpec) -> str:
+    """Canonical JSON of a spec: every effective field, sorted keys, no whitespace."""
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_id_for(spec: JobSpec) -> str:
+    """``sha256(canonical JSON of the spec)[:12]`` (SPEC S3)."""
+    return hashlib.sha256(canonical_json(spec).encode("utf-8")).hexdigest()[:12]
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "$"
+
+
+def problems_from_validation(exc: ValidationError, file: str | None) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        # Discriminated unions add the tag ('command_pass') to the location;
+        # it is not part of the user's document, so drop it.
+        loc = _drop_union_tag(tuple(err["loc"]))
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        base = format_loc(loc)
+        if err["type"] == "value_error" and base == "$":
+            # Cross-field checks report "path: message" lines.
+            for line in msg.splitlines():
+                path, _, text = line.partition(": ")
+                problems.append(Problem(path=path if base == "$" else f"{base}.{path}", message=text, file=file))
+            continue
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "field required"
+        problems.append(Problem(path=base, message=msg, file=file))
+    return problems
+
+
+_GATE_KINDS = {"command_pass", "build_pass", "test_pass", "file_changed", "artifact_exists", "approval"}
+
+
+def _drop_union_tag(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the gate kind pydantic inserts after ``quality_gates.<group>[i]``.
+
+    It is not part of the user's document; the same word elsewhere (an env
+    key named ``approval``) is.
+    """
+    if len(loc) > 3 and loc[0] == "quality_gates" and isinstance(loc[2], int) and loc[3] in _GATE_KINDS:
+        return loc[:3] + loc[4:]
+    return loc
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_spec_text(text: str, *, file: str | None = None) -> JobSpec:
+    """Parse YAML or JSON text (JSON is YAML) into a validated ``JobSpec``."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([Problem(path="$", message=f"YAML syntax error at {where}: {problem}", file=file)], file=file) from None
+    if not isinstance(data, dict):
+        kind = "empty document" if data is None else type(data).__name__
+        raise SpecError([Problem(path="$", message=f"a job spec is a mapping, got {kind}", file=file)], file=file)
+    return validate_spec_data(data, file=file)
+
+
+def validate_spec_data(data: dict[str, Any], *, file: str | None = None) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = problems_from_validation(exc, file)
+    # Field errors stop pydantic before the cross-field checks; run them on the
+    # raw data so that every problem is reported at once.
+    known = {(p.path, p.message) for p in problems}
+    for path, message in cross_check(data):
+        if (path, message) not in known:
+            problems.append(Problem(path=path, message=message, file=file))
+    raise SpecError(problems, file=file)
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read, parse and validate a spec file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise JobNotFound(f"no job spec at {str(path)!r}") from None
+    except IsADirectoryError:
+        raise JobNotFound(f"{str(path)!r} is a directory, not a job spec") from None
+    except PermissionError as exc:
+        raise JobNotFound(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(path="$", message=f"not UTF-8: {exc}", file=str(path))], file=str(path)) from None
+    spec = parse_spec_text(text, file=str(path))
+    return LoadedSpec(spec=spec, source=p.resolve(), job_id=job_id_for(spec), canonical=canonical_json(spec))
+
+
+def load_canonical(text: str, *, file: str | None = None) -> LoadedSpec:
+    """Load a job's stored canonical spec (``spec.json``)."""
+    spec = parse_spec_text(text, file=file)
+    return LoadedSpec(spec=spec, source=None, job_id=job_id_for(spec), canonical=canonical_json(spec))

@@ -1,0 +1,396 @@
+"""Job spec v1: frozen, versioned pydantic models.
+
+Every field of SPEC S1 is modelled here, including those that a later release
+enforces (budgets, approvals, schedule, failure policy). ``extra="forbid"``
+everywhere: an unknown key is an error, never silently ignored.
+
+The JSON Schema in ``jobspecs/job.schema.json`` is generated from these models
+(``python -m longrun.spec.schema``) and a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_VERSION = "longrun/v1"
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+Phase = Literal["search", "plan", "execute", "debug", "verify"]
+PHASES: tuple[str, ...] = ("search", "plan", "execute", "debug", "verify")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_relative_path(value: str) -> str:
+    """A spec path is relative, POSIX-style and never climbs out with ``..``.
+
+    Symlinks are checked at run time, when the path is resolved against the
+    workspace (see ``longrun.paths``).
+    """
+    if not value or not value.strip():
+        raise ValueError("must not be empty")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    p = PurePosixPath(value.replace("\\", "/"))
+    if p.is_absolute() or re.match(r"^[A-Za-z]:", value):
+        raise ValueError(f"{value!r} escapes the workspace: absolute paths are not allowed")
+    if ".." in p.parts:
+        raise ValueError(f"{value!r} escapes the workspace: '..' is not allowed")
+    return value
+
+
+RelPath = Annotated[
+    str,
+    Field(min_length=1, description="A path relative to its base; no '..', not absolute."),
+    AfterValidator(check_relative_path),
+]
+
+
+class RetryPolicy(_Model):
+    """Bounded retries of one stage (a Prefect task retry reruns the whole stage)."""
+
+    max_retries: int = Field(0, ge=0, le=20, description="Extra attempts after the first.")
+    delay_seconds: float = Field(0, ge=0, le=3600, description="Pause between attempts.")
+    on: list[Literal["timeout", "nonzero"]] = Field(
+        default_factory=lambda: ["timeout"],
+        description="Which outcomes count as a failed attempt worth retrying.",
+    )
+
+
+class FailurePolicy(_Model):
+    """What to do when a gate fails (enforced by the governance release; retry is the default)."""
+
+    action: Literal["retry", "escalate", "skip", "abort"] = "retry"
+    max_retries: int = Field(3, ge=0, le=1000)
+
+
+class Budgets(_Model):
+    per_hour_usd: float | None = Field(None, ge=0, description="USD over a sliding 60-minute window.")
+    total_usd: float | None = Field(None, ge=0, description="USD over the whole job.")
+    tokens: int | None = Field(None, ge=0, description="Tokens over the whole job.")
+    on_hourly_limit: Literal["stop", "wait"] = "stop"
+
+
+class ModelPolicy(_Model):
+    """Phase → model routing. Cheaper models on discovery, stronger on commit-worthy phases."""
+
+    default: str = Field(..., min_length=1)
+    search: str | None = None
+    plan: str | None = None
+    execute: str | None = None
+    debug: str | None = None
+    verify: str | None = None
+
+    def select_model_for_phase(self, phase: str | None) -> str:
+        if phase is None:
+            return self.default
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        return getattr(self, phase) or self.default
+
+
+class UsageCapture(_Model):
+    """How a stage reports spend besides LONGRUN_USAGE_FILE: regexes over its stdout."""
+
+    usd_regex: str | None = None
+    tokens_regex: str | None = None
+
+    @field_validator("usd_regex", "tokens_regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                rx = re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from None
+            if rx.groups < 1:
+                raise ValueError("regex needs one capturing group")
+        return v
+
+
+class Stage(_Model):
+    id: str = Field(..., pattern=ID_PATTERN, description="Unique stage id; also the Prefect task name.")
+    run: list[str] = Field(..., min_length=1, description="argv; argv[0] must be in allowed_tools.")
+    phase: Phase | None = Field(None, description="Routing phase; defaults to the stage id when it names a phase.")
+    depends_on: list[str] = Field(default_factory=list)
+    shell: bool = Field(False, description="Run argv[0] through /bin/sh -c (argv[1] is the script).")
+    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Seconds; defaults to defaults.timeout.")
+    retry: RetryPolicy | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    usage: UsageCapture | None = None
+
+    @property
+    def effective_phase(self) -> str | None:
+        if self.phase is not None:
+            return self.phase
+        return self.id if self.id in PHASES else None
+
+
+class _GateBase(_Model):
+    id: str = Field(..., pattern=ID_PATTERN)
+    on_failure: FailurePolicy | None = None
+
+
+class _CommandGate(_GateBase):
+    run: list[str] = Field(..., min_length=1)
+    shell: bool = False
+    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class CommandPassGate(_CommandGate):
+    kind: Literal["command_pass"]
+
+
+class BuildPassGate(_CommandGate):
+    kind: Literal["build_pass"]
+
+
+class TestPassGate(_CommandGate):
+    kind: Literal["test_pass"]
+    junit_xml: RelPath | None = Field(
+        None,
+        description="Where the command writes JUnit XML, relative to the workspace. "
+        "Default: the path in $LONGRUN_JUNIT_XML (also available as {junit_xml} in argv).",
+    )
+    min_pass_rate: float | None = Field(None, ge=0, le=1)
+
+
+
+class FileChangedGate(_GateBase):
+    kind: Literal["file_changed"]
+    pattern: str = Field(..., min_length=1, description="Glob matched against paths in the iteration's diff.")
+
+
+class ArtifactExistsGate(_GateBase):
+    kind: Literal["artifact_exists"]
+    path: RelPath
+
+
+
+class ApprovalGate(_GateBase):
+    kind: Literal["approval"]
+    step: str = Field(..., pattern=ID_PATTERN)
+
+
+Gate = Annotated[
+    Union[CommandPassGate, BuildPassGate, TestPassGate, FileChangedGate, ArtifactExistsGate, ApprovalGate],
+    Field(discriminator="kind"),
+]
+
+
+class QualityGates(_Model):
+    required: list[Gate] = Field(default_factory=list)
+    optional: list[Gate] = Field(default_factory=list)
+
+
+class StopConditions(_Model):
+    max_iterations: int = Field(10, ge=1, le=100_000)
+    max_wall_time: float | None = Field(None, gt=0, description="Seconds of wall time over the whole job.")
+    stop_file: RelPath = Field(".maestro/STOP", description="Relative to the job root; its presence stops the run.")
+    no_progress_iterations: int | None = Field(
+        None, ge=1, description="Stop after N iterations with the same patch and the same failing tests."
+    )
+
+
+
+class Approval(_Model):
+    before: str | None = Field(None, description="Stage id to pause before.")
+    after: Literal["gates"] | None = None
+    step: str | None = Field(None, pattern=ID_PATTERN)
+    when: Literal["first_iteration", "every_iteration"] = "first_iteration"
+    timeout: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> "Approval":
+        if (self.before is None) == (self.after is None):
+            raise ValueError("set exactly one of 'before' (a stage id) or 'after: gates'")
+        return self
+
+
+class Schedule(_Model):
+    cron: str = Field(..., min_length=9)
+    timezone: str = Field(..., description="An explicit IANA time zone, e.g. Europe/Berlin.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError("cron needs 5 fields: minute hour day-of-month month day-of-week")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError, IsADirectoryError):
+            raise ValueError(f"{v!r} is not an IANA time zone") from None
+        return v
+
+
+class Workspace(_Model):
+    path: RelPath = Field(".", description="Relative to the job root (where .maestro/ lives).")
+    template: RelPath | None = Field(
+        None,
+        description="Directory, relative to the spec file, copied into an absent workspace "
+        "and committed into a new git repository.",
+    )
+
+
+
+class Defaults(_Model):
+    timeout: float = Field(600, gt=0, le=7 * 24 * 3600)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class EvidenceConfig(_Model):
+    store: str | None = Field(None, description="'<block-type-slug>/<name>' or a path; default .maestro/evidence.")
+
+
+class Lineage(_Model):
+    root_job_id: str = Field(..., pattern=r"^[0-9a-f]{12}$")
+    parent_job_id: str = Field(..., pattern=r"^[0-9a-f]{12}$")
+    generation: int = Field(..., ge=1)
+
+
+class JobSpec(_Model):
+    version: Literal["longrun/v1"] = SPEC_VERSION
+    name: str = Field(..., pattern=NAME_PATTERN, description="Job name; the Prefect flow is named after it.")
+    goal: str = Field(..., min_length=1)
+    workspace: Workspace = Field(default_factory=Workspace)
+    scope_paths: list[RelPath] = Field(default_factory=lambda: ["."])
+    allowed_tools: list[str] = Field(..., min_length=1)
+    plan_file: RelPath | None = Field("PLAN.md", description="Written by the plan stage, relative to the workspace.")
+    mode: Literal["advisory", "strict"] = "advisory"
+    isolation: Literal["none", "worktree"] = "none"
+    budgets: Budgets = Field(default_factory=Budgets)
+    model_policy: ModelPolicy
+    stages: list[Stage] = Field(..., min_length=1)
+    quality_gates: QualityGates = Field(default_factory=QualityGates)
+    stop_conditions: StopConditions = Field(default_factory=StopConditions)
+    approvals: list[Approval] = Field(default_factory=list)
+    schedule: Schedule | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    on_failure: FailurePolicy = Field(default_factory=FailurePolicy)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    lineage: Lineage | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+    @field_validator("allowed_tools")
+    @classmethod
+    def _tools(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not t or any(c.isspace() for c in t):
+                raise ValueError(f"invalid tool name {t!r}: must be a non-empty word")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "JobSpec":
+        errors = cross_check(self.model_dump(mode="json"))
+        if errors:
+            # One "path: message" line per problem; the loader splits them.
+            raise ValueError("\n".join(f"{path}: {msg}" for path, msg in errors))
+        return self
+
+    def stage(self, stage_id: str) -> Stage:
+        for st in self.stages:
+            if st.id == stage_id:
+                return st
+        raise KeyError(stage_id)
+
+    def select_model_for_phase(self, phase: str | None) -> str:
+        return self.model_policy.select_model_for_phase(phase)
+
+
+def cross_check(data: dict) -> list[tuple[str, str]]:
+    """Checks that span fields: unique ids, known ``depends_on``, allowed tools, no cycles.
+
+    Tolerant of malformed input, so the loader can run it on raw data even when
+    field validation failed and still report every problem at once.
+    """
+    errors: list[tuple[str, str]] = []
+    stages = data.get("stages") if isinstance(data.get("stages"), list) else []
+    tools = data.get("allowed_tools")
+    allowed = {t for t in tools if isinstance(t, str)} if isinstance(tools, list) else None
+
+    def argv0_refused(item: dict) -> str | None:
+        run = item.get("run")
+        if allowed is None or not isinstance(run, list) or not run or not isinstance(run[0], str):
+            return None
+        if run[0] in allowed or (item.get("shell") is True and "sh" in allowed):
+            return None
+        return f"{run[0]!r} is not in allowed_tools {sorted(allowed)}"
+
+    seen: dict[str, int] = {}
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict) or not isinstance(st.get("id"), str):
+            continue
+        if st["id"] in seen:
+            errors.append((f"stages[{i}].id", f"duplicate stage id {st['id']!r} (first at stages[{seen[st['id']]}])"))
+        else:
+            seen[st["id"]] = i
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict):
+            continue
+        deps = st.get("depends_on") if isinstance(st.get("depends_on"), list) else []
+        for j, dep in enumerate(deps):
+            if dep not in seen:
+                errors.append((f"stages[{i}].depends_on[{j}]", f"unknown stage {dep!r}"))
+            elif dep == st.get("id"):
+                errors.append((f"stages[{i}].depends_on[{j}]", "a stage cannot depend on itself"))
+        if (why := argv0_refused(st)) is not None:
+            errors.append((f"stages[{i}].run[0]", why))
+    gates = data.get("quality_gates") if isinstance(data.get("quality_gates"), dict) else {}
+    gate_ids: dict[str, str] = {}
+    for group in ("required", "optional"):
+        items = gates.get(group) if isinstance(gates.get(group), list) else []
+        for i, g in enumerate(items):
+            if not isinstance(g, dict):
+                continue
+            where = f"quality_gates.{group}[{i}]"
+            gid = g.get("id")
+            if isinstance(gid, str):
+                if gid in gate_ids:
+                    errors.append((f"{where}.id", f"duplicate gate id {gid!r} (first at {gate_ids[gid]})"))
+                gate_ids.setdefault(gid, where)
+            if (why := argv0_refused(g)) is not None:
+                errors.append((f"{where}.run[0]", why))
+    approvals = data.get("approvals") if isinstance(data.get("approvals"), list) else []
+    for i, a in enumerate(approvals):
+        if isinstance(a, dict) and isinstance(a.get("before"), str) and a["before"] not in seen:
+            errors.append((f"approvals[{i}].before", f"unknown stage {a['before']!r}"))
+    if not errors:
+        _check_acyclic(stages, errors)
+    return errors
+
+
+def _check_acyclic(stages: list, errors: list[tuple[str, str]]) -> None:
+    deps = {s["id"]: [d for d in s.get("depends_on") or [] if isinstance(d, str)] for s in stages if isinstance(s, dict) and isinstance(s.get("id"), str)}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        if state.get(node) == 2 or node not in deps:
+            return
+        if state.get(node) == 1:
+            cycle = trail[trail.index(node):] + [node]
+            errors.append(("stages", f"depends_on cycle {' -> '.join(cycle)}"))
+            return
+        state[node] = 1
+        for d in deps[node]:
+            visit(d, trail + [node])
+        state[node] = 2
+
+    for node in deps:
+        if state.get(node) != 2:
+            visit(node, [])
