@@ -189,6 +189,9 @@ def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -
     template_base = Path(source).parent if source else None
     ensure_workspace(rt.loaded, rt.root, template_base)
     run = _Run(rt, record.journal, record.journal.state(), say)
+    if run.state.status == "COMPLETED":
+        say(f"{rt.spec.name} ({rt.job_id}) already completed; nothing to do")
+        return _outcome(run)
     flow_run_id = rt.run_id
     run.emit("run_started", {"run_id": rt.run_id, "flow_run_id": flow_run_id, "resumed": run.state.iteration > 0})
     logger = get_run_logger()
@@ -256,6 +259,7 @@ def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -
                         "model": result.model,
                         "attempts": result.attempts,
                         "usage": result.usage.model_dump(),
+                        "error": result.error,
                     },
                 )
                 status = "ok" if result.ok else ("timeout" if result.timed_out else f"exit {result.exit_code}")

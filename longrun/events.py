@@ -102,7 +102,8 @@ class StageFinished(Payload):
     duration_s: float = Field(ge=0)
     phase: str | None = None
     model: str
-    attempts: int = Field(1, ge=1)
+    attempts: int = Field(1, ge=0, description="0 when the stage was skipped (a dependency failed)")
+    error: str | None = None
     usage: Usage = Field(default_factory=Usage)
 
 

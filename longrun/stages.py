@@ -57,6 +57,7 @@ def run_stage(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int)
     it_dir = rt.paths.iteration_dir(iteration)
     usage_file = it_dir / "usage" / f"{stage.id}.json"
     atomicio.remove(usage_file)
+    usage_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file = it_dir / "running" / f"{stage.id}.pgid"
     env = rt.base_env(iteration)
     env.update(dict(stage.env))
@@ -115,5 +116,5 @@ def _usage(rt: JobRuntime, stage: PlannedStage, usage_file: Path, log: Path, res
 def should_retry(stage: PlannedStage, record: StageResult) -> bool:
     """Whether this attempt's outcome is one the stage's retry policy retries."""
     if record.timed_out:
-        return "timeout" in stage.retry.on
-    return record.exit_code != 0 and "nonzero" in stage.retry.on
+        return "timeout" in stage.retry.when
+    return record.exit_code != 0 and "nonzero" in stage.retry.when

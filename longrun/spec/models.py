@@ -60,7 +60,8 @@ class RetryPolicy(_Model):
 
     max_retries: int = Field(0, ge=0, le=20, description="Extra attempts after the first.")
     delay_seconds: float = Field(0, ge=0, le=3600, description="Pause between attempts.")
-    on: list[Literal["timeout", "nonzero"]] = Field(
+    # Not "on": YAML 1.1 reads a bare `on:` key as the boolean true.
+    when: list[Literal["timeout", "nonzero"]] = Field(
         default_factory=lambda: ["timeout"],
         description="Which outcomes count as a failed attempt worth retrying.",
     )
