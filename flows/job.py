@@ -80,14 +80,18 @@ def _key(kind: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
 
 @task(persist_result=True, result_serializer=CheckpointSerializer())
 def stage_task(rt: JobRuntime, name: str, iteration: int, stage: PlannedStage) -> StageResult:
-    attempt = TaskRunContext.get().task_run.run_count
-    Journal(rt.paths.events_file).append(
+    # Attempts are counted in the journal, so they survive a crash and a new
+    # flow run; Prefect's run_count only bounds the retries of this flow run.
+    journal = Journal(rt.paths.events_file)
+    attempt = journal.state().attempts(iteration, name) + 1
+    prefect_try = TaskRunContext.get().task_run.run_count
+    journal.append(
         "stage_started",
         {"iteration": iteration, "stage": name, "attempt": attempt, "phase": stage.phase, "model": stage.model},
         job_id=rt.job_id,
     )
     record, _ = run_stage(rt, stage, iteration, attempt)
-    if should_retry(stage, record) and attempt <= stage.retry.max_retries:
+    if should_retry(stage, record) and attempt <= stage.retry.max_retries and prefect_try <= stage.retry.max_retries:
         what = "timed out" if record.timed_out else f"exited {record.exit_code}"
         raise StageAttemptFailed(f"stage {name!r} attempt {attempt} {what}; retrying", retryable=True)
     return record
