@@ -464,3 +464,18 @@ def test_directory_is_job_not_found(tmp_path: Path):
     with pytest.raises(JobNotFound) as info:
         load_spec(tmp_path)
     assert info.value.code == "job_not_found"
+
+
+def test_yaml_booleans_are_yaml_1_2_only():
+    """`on`, `no`, `yes`, `off` stay strings (YAML 1.1 would make them booleans)."""
+    from longrun.spec.loader import parse_spec_text
+
+    spec = parse_spec_text(
+        "name: x\ngoal: g\nallowed_tools: [python]\nmodel_policy: {default: m}\n"
+        "stages: [{id: a, run: [python, 'no', 'on'], shell: false, env: {FLAG: yes}}]\n"
+        "quality_gates: {required: [{id: no, kind: command_pass, run: [python]}]}\n"
+    )
+    assert spec.stages[0].run == ["python", "no", "on"]
+    assert spec.stages[0].shell is False
+    assert spec.stages[0].env == {"FLAG": "yes"}
+    assert spec.quality_gates.required[0].id == "no"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,21 @@ def _drop_union_tag(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate mapping keys instead of keeping the last."""
+    """``yaml.SafeLoader`` with two fixes for specs.
+
+    It refuses duplicate mapping keys instead of keeping the last, and it reads
+    booleans as YAML 1.2 does: only ``true``/``false``. (YAML 1.1 turns ``on``,
+    ``no``, ``yes`` and ``off`` into booleans, so ``id: no`` would not be a string.)
+    """
+
+
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:

@@ -1,0 +1,190 @@
+"""The ``longrun`` command: exit codes, error envelopes, output, and import hygiene."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from longrun.jobs import register
+from longrun.journal import Journal
+from longrun.spec import load_spec
+
+from conftest import EXAMPLES, REPO, longrun_cli, write_job
+
+BROKEN = {
+    "yaml-syntax": ("name: x\ngoal: [unclosed\n", ["$"]),
+    "wrong-type": (
+        "name: x\ngoal: g\nallowed_tools: [python]\nmodel_policy: {default: m}\n"
+        "stages: [{id: a, run: [python]}]\nstop_conditions: {max_iterations: ten}\n",
+        ["stop_conditions.max_iterations"],
+    ),
+    "many": (
+        "name: x\ngoal: ''\nallowed_tools: [python]\nmodel_policy: {default: m}\nbogus: 1\n"
+        "schedule: {cron: '0 2 * * *', timezone: Mars/Olympus}\nbudgets: {total_usd: -1}\n"
+        "workspace: {path: ../outside}\n"
+        "stages:\n  - {id: a, run: [bash, x.sh]}\n  - {id: a, run: [python], depends_on: [nope]}\n",
+        ["goal", "bogus", "schedule.timezone", "budgets.total_usd", "workspace.path",
+         "stages[1].id", "stages[0].run[0]", "stages[1].depends_on[0]"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_validate_broken_spec_exit_2_with_paths_and_no_traceback(tmp_path, case):
+    text, paths = BROKEN[case]
+    f = tmp_path / f"{case}.yaml"
+    f.write_text(text)
+    r = longrun_cli("validate", str(f), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.startswith("job_invalid_spec")
+    assert "Traceback" not in r.stderr + r.stdout
+    for p in paths:
+        assert f"{f}: {p}: " in r.stderr, (p, r.stderr)
+
+    j = longrun_cli("validate", str(f), "--json", cwd=tmp_path)
+    assert j.returncode == 2
+    err = json.loads(j.stdout)["error"]
+    assert err["code"] == "job_invalid_spec"
+    assert [p["path"] for p in err["problems"]] == [p["path"] for p in err["problems"]]  # ordered list
+    assert set(paths) <= {p["path"] for p in err["problems"]}
+    assert all(p["message"] and p["file"] == str(f) for p in err["problems"])
+
+
+def test_validate_examples_ok():
+    specs = sorted(str(p) for p in EXAMPLES.glob("*.yaml"))
+    r = longrun_cli("validate", *specs, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("ok  ") == len(specs) >= 2
+
+
+def test_missing_spec_and_job_are_job_not_found(tmp_path):
+    for args in (["validate", "nope.yaml"], ["run", "nope.yaml"], ["status", "abcdef123456"], ["status", "no-such-job"], ["tail", "x"]):
+        r = longrun_cli(*args, "--root", str(tmp_path), cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("job_not_found"), (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    j = longrun_cli("status", "no-such-job", "--json", "--root", str(tmp_path), cwd=tmp_path)
+    assert json.loads(j.stdout)["error"]["code"] == "job_not_found"
+
+
+def test_core_imports_do_not_import_prefect():
+    code = (
+        "import sys, longrun, longrun.cli, longrun.journal, longrun.state, longrun.gates, longrun.stages, "
+        "longrun.checkpoint, longrun.stop, longrun.compile, longrun.jobs\n"
+        "assert 'prefect' not in sys.modules, sorted(m for m in sys.modules if m.startswith('prefect'))\n"
+        "sys.argv = ['longrun', 'validate', sys.argv[1]]\n"
+        "import contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    rc = longrun.cli.main(sys.argv[1:])\n"
+        "assert rc == 0 and 'prefect' not in sys.modules\n"
+        "print('clean')"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(EXAMPLES / "hello-loop.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "clean", r.stderr
+
+
+def _registered_job(tmp_path: Path):
+    spec = write_job(
+        tmp_path,
+        "name: journaled\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
+        "model_policy: {default: m}\nstages: [{id: a, run: [python, -c, 'pass']}]\n",
+    )
+    loaded = load_spec(spec)
+    return loaded, register(loaded, tmp_path)
+
+
+def test_status_list_tail_stop_from_the_journal(tmp_path):
+    loaded, record = _registered_job(tmp_path)
+    j = record.journal
+    jid = loaded.job_id
+    j.append("run_started", {"run_id": "r1", "flow_run_id": None, "resumed": False}, job_id=jid)
+    j.append("iteration_started", {"iteration": 1, "start_tree": None}, job_id=jid)
+    j.append("stage_started", {"iteration": 1, "stage": "a", "attempt": 1, "model": "m"}, job_id=jid)
+    j.append("stage_finished", {"iteration": 1, "stage": "a", "exit_code": 0, "duration_s": 1.0, "model": "m",
+                                "attempts": 1, "usage": {"usd": 0.5, "tokens": 40}}, job_id=jid)
+
+    st = json.loads(longrun_cli("status", "journaled", "--json", "--root", str(tmp_path), cwd=tmp_path).stdout)
+    assert (st["job_id"], st["status"], st["open_iteration"], st["usd"], st["tokens"]) == (jid, "RUNNING", 1, 0.5, 40)
+    human = longrun_cli("status", jid, "--root", str(tmp_path), cwd=tmp_path)
+    assert human.returncode == 0 and "status      RUNNING" in human.stdout and "$0.5000, 40 tokens" in human.stdout
+
+    lst = longrun_cli("list", "--root", str(tmp_path), cwd=tmp_path)
+    assert jid in lst.stdout and "journaled" in lst.stdout and "#5 stage_finished" in lst.stdout
+    lj = json.loads(longrun_cli("list", "--json", "--root", str(tmp_path), cwd=tmp_path).stdout)
+    assert [(r["job_id"], r["status"], r["iterations_finished"]) for r in lj["jobs"]] == [(jid, "RUNNING", 0)]
+
+    tail = longrun_cli("tail", jid, "--json", "--root", str(tmp_path), cwd=tmp_path)
+    lines = [json.loads(l) for l in tail.stdout.splitlines()]
+    assert [l["seq"] for l in lines] == [1, 2, 3, 4, 5]
+    assert [l["type"] for l in lines] == ["job_registered", "run_started", "iteration_started", "stage_started", "stage_finished"]
+    assert all(l["version"] == "job_event_v1" for l in lines)
+
+    stop = longrun_cli("stop", jid, "--by", "alice", "--root", str(tmp_path), cwd=tmp_path)
+    assert stop.returncode == 0 and record.paths.job_stop_file.exists()
+    last = record.journal.read()[-1]
+    assert (last.type, last.payload.by) == ("stop_requested", "alice")
+    assert record.state().stop_requested is True
+
+
+def test_tail_follow_streams_until_the_run_ends(tmp_path):
+    loaded, record = _registered_job(tmp_path)
+    jid = loaded.job_id
+    record.journal.append("run_started", {"run_id": "r1", "resumed": False}, job_id=jid)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longrun.cli", "tail", jid, "--follow", "--json", "--root", str(tmp_path)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.0)
+    for i in (1, 2, 3):
+        record.journal.append("iteration_started", {"iteration": i}, job_id=jid)
+        record.journal.append("iteration_finished", {"iteration": i, "gates_passed": i == 3, "fingerprint": f"f{i}"}, job_id=jid)
+        time.sleep(0.2)
+    record.journal.append("run_completed", {"iteration": 3, "reason": "all required gates passed"}, job_id=jid)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    seqs = [json.loads(l)["seq"] for l in out.splitlines()]
+    assert seqs == list(range(1, 10))
+    assert json.loads(out.splitlines()[-1])["type"] == "run_completed"
+
+
+@pytest.mark.prefect
+def test_run_exit_code_for_stopped_job(cli_env, tmp_path):
+    spec = write_job(
+        tmp_path,
+        "name: gives-up\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
+        "model_policy: {default: m}\nstages: [{id: a, run: [python, -c, 'pass']}]\n"
+        "quality_gates: {required: [{id: no, kind: command_pass, run: [python, -c, 'raise SystemExit(1)']}]}\n"
+        "stop_conditions: {max_iterations: 1}\n",
+    )
+    r = longrun_cli("run", str(spec), "--json", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert r.returncode == 3, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["status"], out["reason"], out["iterations"]) == ("STOPPED", "max_iterations", 1)
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_readme_example_on_the_ephemeral_server(tmp_path):
+    """The README's first command, on a fresh PREFECT_HOME with no server configured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    shutil.copytree(EXAMPLES, tmp_path / "jobspecs" / "examples")
+    r = subprocess.run(
+        ["longrun", "run", "jobspecs/examples/fix-failing-test.yaml"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "COMPLETED after 2 iteration(s)" in r.stdout
+    # A calm terminal: progress lines, no tracebacks, no telemetry noise.
+    assert "Traceback" not in r.stderr and "ERROR" not in r.stderr and "analytics" not in r.stderr.lower()
+    assert "iteration 1" in r.stderr and "iteration 2" in r.stderr and "gate tests" in r.stderr
+    st = json.loads(subprocess.run(["longrun", "status", "fix-failing-test", "--json"], cwd=tmp_path, env=env,
+                                   capture_output=True, text=True).stdout)
+    assert st["status"] == "COMPLETED" and st["iterations_finished"] == 2
