@@ -103,7 +103,6 @@ class StageFinished(Payload):
     phase: str | None = None
     model: str
     attempts: int = Field(1, ge=0, description="0 when the stage was skipped (a dependency failed)")
-    error: str | None = None
     usage: Usage = Field(default_factory=Usage)
 
 

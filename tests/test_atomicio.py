@@ -66,7 +66,8 @@ def _write_once_worker(path: str, k: int, results) -> None:
 
 
 def test_write_once_race_has_exactly_one_winner(tmp_path):
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: forking a process that runs Prefect's threads can deadlock the child.
+    ctx = multiprocessing.get_context("spawn")
     target = tmp_path / "once.txt"
     results = ctx.Queue()
     procs = [ctx.Process(target=_write_once_worker, args=(str(target), k, results)) for k in range(6)]

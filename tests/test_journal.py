@@ -259,7 +259,8 @@ def _appender(path: str, k: int) -> None:
 
 def test_concurrent_appends_from_processes(tmp_path):
     path = tmp_path / "events.jsonl"
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: forking a process that runs Prefect's threads can deadlock the child.
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_appender, args=(str(path), k)) for k in range(PROCS)]
     for p in procs:
         p.start()
