@@ -15,6 +15,7 @@ appends what replay does not already show.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,8 +119,6 @@ def checkpoint_task(
     prev_plan_file = rt.paths.iteration_dir(iteration - 1) / "plan.md"
     previous_plan = prev_plan_file.read_text(encoding="utf-8") if prev_plan_file.is_file() else None
     report = merge_test_reports({g.gate: g.evidence["report"] for g in gates if "report" in g.evidence})
-    import json
-
     files = {
         "plan-diff.md": plan_diff(previous_plan, current_plan, plan_file=rt.spec.plan_file or "PLAN.md", iteration=iteration),
         "patch.diff": patch,
@@ -173,7 +172,7 @@ class _Run:
         self.state = self.journal.state()
 
 
-def _task_options(rt: JobRuntime, storage: CheckpointStorage, meta: LocalFileSystem, kind: str) -> dict[str, Any]:
+def _task_options(storage: CheckpointStorage, meta: LocalFileSystem, kind: str) -> dict[str, Any]:
     return {
         "result_storage": storage,
         "cache_policy": CacheKeyFnPolicy(cache_key_fn=_key(kind), key_storage=meta),
@@ -203,9 +202,9 @@ def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -
     storage = CheckpointStorage(basepath=str(rt.paths.checkpoints_root.resolve()))
     storage.save(f"longrun-ckpt-{rt.job_id}", overwrite=True)
     meta = LocalFileSystem(basepath=str(rt.paths.results_meta.resolve()))
-    stage_t = stage_task.with_options(**_task_options(rt, storage, meta, "stages"))
-    gate_t = gate_task.with_options(**_task_options(rt, storage, meta, "gates"))
-    ckpt_t = checkpoint_task.with_options(**_task_options(rt, storage, meta, "checkpoint"))
+    stage_t = stage_task.with_options(**_task_options(storage, meta, "stages"))
+    gate_t = gate_task.with_options(**_task_options(storage, meta, "gates"))
+    ckpt_t = checkpoint_task.with_options(**_task_options(storage, meta, "checkpoint"))
 
     plan = rt.plan
     policy = policy_from_spec(rt.spec.stop_conditions, rt.stop_files)
@@ -360,8 +359,17 @@ def longrun_job(spec: dict[str, Any], root: str = ".", source: str | None = None
     try:
         return run_iterations(rt, source)
     except LongrunError as exc:
-        Journal(rt.paths.events_file).append("run_failed", {"code": exc.code, "message": exc.message}, job_id=rt.job_id)
+        _journal_failure(rt, exc.code, exc.message)
         raise
+    except Exception as exc:
+        _journal_failure(rt, "run_crashed", f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _journal_failure(rt: JobRuntime, code: str, message: str) -> None:
+    """Record why the run failed, if the job got far enough to have a journal."""
+    if rt.paths.spec_file.exists():
+        Journal(rt.paths.events_file).append("run_failed", {"code": code, "message": message}, job_id=rt.job_id)
 
 
 def job_flow(loaded: LoadedSpec):

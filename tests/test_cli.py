@@ -188,3 +188,30 @@ def test_readme_example_on_the_ephemeral_server(tmp_path):
     st = json.loads(subprocess.run(["longrun", "status", "fix-failing-test", "--json"], cwd=tmp_path, env=env,
                                    capture_output=True, text=True).stdout)
     assert st["status"] == "COMPLETED" and st["iterations_finished"] == 2
+
+
+def test_disallowed_tool_is_refused_before_anything_runs(tmp_path):
+    spec = write_job(
+        tmp_path,
+        "name: sneaky\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
+        "model_policy: {default: m}\nstages: [{id: a, run: [curl, 'http://example.invalid']}]\n",
+    )
+    r = longrun_cli("run", str(spec), "--root", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("job_invalid_spec")
+    assert "stages[0].run[0]: 'curl' is not in allowed_tools ['python']" in r.stderr
+    assert not (tmp_path / "ws").exists() and not (tmp_path / ".maestro").exists()
+
+
+def test_runtime_tool_check_refuses_with_a_clear_error(tmp_path):
+    """The runtime guard, independent of validation (a spec built in code)."""
+    from longrun.errors import ToolNotAllowed
+    from longrun.runtime import JobRuntime
+    from longrun.stages import check_tool
+
+    loaded, _ = _registered_job(tmp_path)
+    rt = JobRuntime(loaded=loaded, root=tmp_path, run_id="r")
+    check_tool(rt, ["python", "-c", "pass"], False, "stage 'a'")
+    with pytest.raises(ToolNotAllowed, match=r"stage 'a': 'rm' is not in allowed_tools \['python'\]; nothing was run"):
+        check_tool(rt, ["rm", "-rf", "/"], False, "stage 'a'")
+    with pytest.raises(ToolNotAllowed):
+        check_tool(rt, ["sh", "-c", "true"], True, "stage 'a'")  # shell needs 'sh' in allowed_tools

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from longrun import atomicio
 from longrun.spec.models import JobSpec
 
 SCHEMA_ID = "https://longrun.dev/schemas/job.v1.schema.json"
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path} is out of date; run: python -m longrun.spec.schema", file=sys.stderr)
             return 1
         return 0
-    path.write_text(text, encoding="utf-8")
+    atomicio.write_atomic(path, text)
     print(f"wrote {path}")
     return 0
 
