@@ -107,6 +107,63 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
     return worst
 
 
+def plan_document(loaded) -> dict[str, Any]:
+    """What a job would run, without running anything (advisory mode, ``longrun plan``)."""
+    from longrun.compile import compile_spec
+
+    spec = loaded.spec
+    doc = compile_spec(spec).to_dict()
+    doc.update(
+        {
+            "job_id": loaded.job_id,
+            "mode": spec.mode,
+            "goal": spec.goal,
+            "workspace": spec.workspace.path,
+            "isolation": spec.isolation,
+            "scope_paths": list(spec.scope_paths),
+            "allowed_tools": list(spec.allowed_tools),
+            "models": {phase: spec.select_model_for_phase(phase) for phase in ("search", "plan", "execute", "debug", "verify")},
+            "budgets": spec.budgets.model_dump(),
+            "stop_conditions": spec.stop_conditions.model_dump(),
+            "approvals": [a.model_dump(exclude_none=True) for a in spec.approvals],
+            "schedule": spec.schedule.model_dump() if spec.schedule else None,
+        }
+    )
+    return doc
+
+
+def _plan_text(doc: dict[str, Any]) -> str:
+    lines = [f"job {doc['job']} ({doc['job_id']})  mode={doc['mode']}  isolation={doc['isolation']}", f"  goal: {doc['goal']}", "", "stages (per iteration, in order):"]
+    for s in doc["stages"]:
+        after = f"  after {', '.join(s['depends_on'])}" if s["depends_on"] else ""
+        lines.append(f"  {s['id']:<12} phase={s['phase'] or '-':<8} model={s['model']:<16} timeout={s['timeout']:g}s retries={s['max_retries']}{after}")
+        lines.append(f"  {'':<12} $ {' '.join(s['argv'])}")
+    lines.append("gates:")
+    for g in doc["gates"]:
+        lines.append(f"  {g['id']:<12} {g['kind']:<16} {'required' if g['required'] else 'optional'}")
+    lines.append("models: " + ", ".join(f"{k}={v}" for k, v in doc["models"].items()))
+    b = doc["budgets"]
+    lines.append(f"budgets: total_usd={b['total_usd']} per_hour_usd={b['per_hour_usd']} tokens={b['tokens']} on_hourly_limit={b['on_hourly_limit']}")
+    sc = doc["stop_conditions"]
+    lines.append(
+        f"stop: max_iterations={sc['max_iterations']} max_wall_time={sc['max_wall_time']} "
+        f"no_progress_iterations={sc['no_progress_iterations']} stop_file={sc['stop_file']}"
+    )
+    if doc["schedule"]:
+        lines.append(f"schedule: {doc['schedule']['cron']} ({doc['schedule']['timezone']})")
+    lines.append("")
+    lines.append("nothing was run (plan only)")
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace, out: Out) -> int:
+    from longrun.spec import load_spec
+
+    doc = plan_document(load_spec(args.path))
+    out.emit(_plan_text(doc), doc)
+    return EXIT_OK
+
+
 def _run_flow(loaded, root: Path, out: Out) -> int:
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -308,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", parents=[common], help="check job specs against the schema")
     s.add_argument("paths", nargs="+", metavar="PATH")
     s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("plan", parents=[common], help="print what a spec would run; runs nothing")
+    s.add_argument("path", metavar="PATH")
+    s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("run", parents=[common], help="run (or continue) the job a spec describes")
     s.add_argument("path", metavar="PATH")

@@ -215,3 +215,27 @@ def test_runtime_tool_check_refuses_with_a_clear_error(tmp_path):
         check_tool(rt, ["rm", "-rf", "/"], False, "stage 'a'")
     with pytest.raises(ToolNotAllowed):
         check_tool(rt, ["sh", "-c", "true"], True, "stage 'a'")  # shell needs 'sh' in allowed_tools
+
+
+def test_plan_prints_the_compiled_plan_and_runs_nothing(tmp_path):
+    marker = tmp_path / "would-be-created"
+    spec = write_job(
+        tmp_path,
+        f"name: planned\ngoal: show me\nmode: advisory\nworkspace: {{path: ws, template: template}}\nallowed_tools: [python]\n"
+        "model_policy: {default: cheap, execute: strong}\n"
+        f"stages:\n  - {{id: execute, run: [python, -c, \"open('{marker}', 'w')\"]}}\n"
+        "quality_gates: {required: [{id: t, kind: test_pass, run: [python, -m, pytest]}], optional: [{id: a, kind: artifact_exists, path: out.txt}]}\n"
+        "budgets: {total_usd: 2.5, tokens: 1000}\nstop_conditions: {max_iterations: 7}\n",
+    )
+    r = longrun_cli("plan", str(spec), "--root", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "execute      phase=execute  model=strong" in r.stdout
+    assert f"$ python -c open('{marker}', 'w')" in r.stdout
+    assert "t            test_pass        required" in r.stdout and "a            artifact_exists  optional" in r.stdout
+    assert "total_usd=2.5" in r.stdout and "max_iterations=7" in r.stdout
+    doc = json.loads(longrun_cli("plan", str(spec), "--json", cwd=tmp_path).stdout)
+    assert doc["stages"][0]["argv"] == ["python", "-c", f"open('{marker}', 'w')"]
+    assert doc["models"]["execute"] == "strong" and doc["models"]["search"] == "cheap"
+    assert doc["budgets"]["tokens"] == 1000
+    # Nothing ran and nothing was written.
+    assert not marker.exists() and not (tmp_path / "ws").exists() and not (tmp_path / ".maestro").exists()
