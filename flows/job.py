@@ -15,19 +15,32 @@ appends what replay does not already show.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.states import Failed
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext, get_run_context
 from prefect.filesystems import LocalFileSystem
 
-from longrun import gitutil
+from longrun import gitutil, worktree
+from longrun.budget import BudgetGovernor, expected_stage_spend
+from longrun.errors import PathEscape
+from longrun.evidence import bundle_paths, manifest_markdown
+from longrun.evidence import verify as verify_bundle
+from longrun.lineage import collect_children, spend_for_root
+from longrun.policy import blocking_approval, judge_iteration
+from longrun.publish import finalize_evidence
+from longrun.scope import check_spec_paths, scope_violations
+from longrun.waiver import strict_check
 from longrun.blocks.checkpoints import CheckpointSerializer, CheckpointStorage
 from longrun.checkpoint import (
     GateResult,
@@ -43,7 +56,7 @@ from longrun.checkpoint import (
 from longrun.compile import PlannedGate, PlannedStage
 from longrun.errors import LongrunError
 from longrun.gates import GateInput, evaluate_gate
-from longrun.jobs import JobRecord, ensure_workspace, register
+from longrun.jobs import JobRecord, ensure_workspace, find_job, outcome_dict, register
 from longrun.journal import Journal
 from longrun.runtime import JobRuntime
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for
@@ -145,7 +158,8 @@ def checkpoint_task(
     return IterationCheckpoint(
         job_id=rt.job_id,
         iteration=iteration,
-        gates_passed=all(g.passed for g in gates if g.required),
+        # No required gate means nothing proves completion: the job runs until a stop condition.
+        gates_passed=any(g.required for g in gates) and all(g.passed for g in gates if g.required),
         fingerprint=fingerprint(patch, report["failing"]),
         files=files,
         digests=digests,
@@ -186,21 +200,55 @@ def _start_tree(journal: Journal, iteration: int) -> str | None:
     return None
 
 
-def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -> dict[str, Any]:
-    """The body of the job flow (must run inside a Prefect flow run)."""
-    record: JobRecord = register(rt.loaded, rt.root)
-    template_base = Path(source).parent if source else None
-    ensure_workspace(rt.loaded, rt.root, template_base)
-    run = _Run(rt, record.journal, record.journal.state(), say)
-    if run.state.status == "COMPLETED":
-        say(f"{rt.spec.name} ({rt.job_id}) already completed; nothing to do")
-        return _outcome(run)
-    flow_run_id = rt.run_id
-    run.emit("run_started", {"run_id": rt.run_id, "flow_run_id": flow_run_id, "resumed": run.state.iteration > 0})
-    logger = get_run_logger()
+def run_iterations(
+    rt: JobRuntime,
+    source: str | None,
+    say: Printer = _stderr,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """The body of the job flow (must run inside a Prefect flow run).
 
+    Each iteration: budget check → stages (budget-checked one by one, scope
+    checked after each) → spawned children → gates → checkpoint → the
+    failure-policy verdict (complete, retry, escalate, approval, abort).
+    Every run ends with an evidence bundle (and, in strict mode, the
+    completion contract check).
+    """
+    record: JobRecord = register(rt.loaded, rt.root)
+    problems = check_spec_paths(rt.spec, rt.root)
+    if problems:
+        raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+    ensure_workspace(rt.loaded, rt.root, Path(source).parent if source else None)
+    run = _Run(rt, record.journal, record.journal.state(), say)
+    status = run.state.status
+    if status in ("COMPLETED", "REJECTED"):
+        say(f"{rt.spec.name} ({rt.job_id}) is {status}; nothing to do")
+        return _outcome(run)
+    if (step := blocking_approval(run.state)) is not None:
+        say(f"{rt.spec.name} ({rt.job_id}) is waiting for approval {step!r}; approve it with: longrun approve {rt.job_id} --step {step} --approver NAME")
+        return _outcome(run)
+    run.emit("run_started", {"run_id": rt.run_id, "flow_run_id": rt.run_id, "resumed": run.state.iteration > 0})
+    if rt.spec.isolation == "worktree":
+        wt = worktree.ensure_worktree(rt.repo, rt.job_id, rt.worktree_dir)
+        rt = replace(rt, workdir=wt)
+        run.rt = rt
+        say(f"isolated in worktree {wt} (branch {worktree.branch_name(rt.job_id)})")
+    try:
+        _loop(run, clock, sleep)
+    finally:
+        if run.state.is_terminal:
+            _finish(run, clock)
+    return _outcome(run)
+
+
+def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], None]) -> None:
+    rt, say = run.rt, run.say
+    logger = get_run_logger()
     storage = CheckpointStorage(basepath=str(rt.paths.checkpoints_root.resolve()))
-    storage.save(f"longrun-ckpt-{rt.job_id}", overwrite=True)
+    root_tag = hashlib.sha256(str(rt.root).encode()).hexdigest()[:8]
+    storage.save(f"longrun-ckpt-{rt.job_id}-{root_tag}", overwrite=True)
     meta = LocalFileSystem(basepath=str(rt.paths.results_meta.resolve()))
     stage_t = stage_task.with_options(**_task_options(storage, meta, "stages"))
     gate_t = gate_task.with_options(**_task_options(storage, meta, "gates"))
@@ -208,10 +256,12 @@ def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -
 
     plan = rt.plan
     policy = policy_from_spec(rt.spec.stop_conditions, rt.stop_files)
+    governor = BudgetGovernor(rt.spec.budgets)
     workspace = rt.workspace
+    scoped = any(g.kind == "scope" for g in plan.gates)
 
     def stop_now() -> bool:
-        decision = policy(StopInput(run.state, datetime.now(UTC)))
+        decision = policy(StopInput(run.state, clock()))
         if decision is None:
             return False
         run.emit("run_stopped", {"reason": decision.reason, "detail": decision.detail})
@@ -219,11 +269,45 @@ def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -
         logger.info("stopped: %s %s", decision.reason, decision.detail)
         return True
 
+    def budget_allows(expected: tuple[float, int], what: str) -> bool:
+        """Budgets before work (E4): stop, or wait for the hourly window."""
+        while True:
+            lineage_usd, lineage_tokens = (
+                spend_for_root(rt.root, rt.job_id, include_root=False) if run.state.children else (0.0, 0)
+            )
+            d = governor.check(run.state, clock(), *expected, lineage_usd=lineage_usd, lineage_tokens=lineage_tokens)
+            if d is None:
+                return True
+            if d.action == "stop":
+                run.emit("stopped_budget", d.stopped_budget_payload())
+                say(f"stopped by budget before {what}: {d.reason} limit {d.limit} {d.counters}")
+                return False
+            run.emit("budget_wait", {"until": d.until, "reason": d.reason, "counters": d.counters})
+            say(f"budget: {d.reason} limit reached; waiting until {d.until.isoformat()}")
+            while (left := (d.until - clock()).total_seconds()) > 0:
+                if stop_now():
+                    return False
+                sleep(min(1.0, left))
+
+    # A resumed job may have been decided since its last iteration (an approval
+    # gate approved, an escalation answered): judge that iteration again first.
+    last = run.state.iterations_finished
+    if run.state.open_iteration is None and last and run.state.fingerprints:
+        verdict = judge_iteration(run.state, last, plan.gates, rt.spec.on_failure)
+        if verdict.action in ("complete", "abort"):
+            for type_, payload in verdict.events(run.state):
+                run.emit(type_, payload)
+            say(f"iteration {last}: {verdict.action} ({verdict.reason})")
+            return
+
     while True:
         if stop_now():
-            break
+            return
         if run.state.open_iteration is None:
             iteration = run.state.iteration + 1
+            first = plan.stages[0].id if plan.stages else None
+            if not budget_allows(expected_stage_spend(run.state, first) if first else (0.0, 0), f"iteration {iteration}"):
+                return
             run.emit("iteration_started", {"iteration": iteration, "start_tree": gitutil.snapshot_tree(workspace)})
             say(f"iteration {iteration}")
         else:
@@ -235,83 +319,63 @@ def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -
         stage_results: dict[str, StageResult] = {}
         for stage in plan.stages:
             if stop_now():
-                return _outcome(run)
+                return
+            done = run.state.stage_done(iteration, stage.id)
+            if not done and not budget_allows(expected_stage_spend(run.state, stage.id), f"stage {stage.id}"):
+                return
             failed_deps = [d for d in stage.depends_on if not stage_results[d].ok]
             if failed_deps:
-                say(f"  {stage.id:<12} skipped: dependency {', '.join(failed_deps)} failed")
                 result = StageResult(
                     job_id=rt.job_id, iteration=iteration, stage=stage.id, phase=stage.phase, model=stage.model,
                     argv=list(stage.argv), exit_code=None, timed_out=False, duration_s=0.0, attempts=0,
                     error=f"skipped: dependency {', '.join(failed_deps)} failed",
                 )
             else:
-                result = stage_t.with_options(name=stage.id, task_run_name=f"{stage.id}#{iteration}", retries=stage.retry.max_retries, retry_delay_seconds=stage.retry.delay_seconds)(
-                    rt, stage.id, iteration, stage
-                )
+                result = stage_t.with_options(
+                    name=stage.id,
+                    task_run_name=f"{stage.id}#{iteration}",
+                    retries=stage.retry.max_retries,
+                    retry_delay_seconds=stage.retry.delay_seconds,
+                )(rt, stage.id, iteration, stage)
             stage_results[stage.id] = result
-            if not run.state.stage_done(iteration, stage.id):
-                run.emit(
-                    "stage_finished",
-                    {
-                        "iteration": iteration,
-                        "stage": stage.id,
-                        "exit_code": result.exit_code,
-                        "timed_out": result.timed_out,
-                        "duration_s": result.duration_s,
-                        "phase": result.phase,
-                        "model": result.model,
-                        "attempts": result.attempts,
-                        "usage": result.usage.model_dump(),
-                        "error": result.error,
-                    },
-                )
-                status = "ok" if result.ok else ("timeout" if result.timed_out else f"exit {result.exit_code}")
-                say(
-                    f"  {stage.id:<12} {status:<8} {result.duration_s:6.2f}s  model={result.model}  "
-                    f"${result.usage.usd:.4f} {result.usage.tokens} tok"
-                )
-            else:
+            if done:
                 say(f"  {stage.id:<12} done (from checkpoint, not rerun)")
+                continue
+            outside = (
+                scope_violations(gitutil.changed_paths(workspace, start_tree, gitutil.snapshot_tree(workspace)), rt.spec.scope_paths)
+                if scoped and start_tree
+                else []
+            )
+            run.emit("stage_finished", _stage_payload(result) | ({"out_of_scope": outside} if outside else {}))
+            say(_stage_line(result) + (f"  OUT OF SCOPE: {', '.join(outside)}" if outside else ""))
 
+        _register_children(run, iteration)
         end_tree = gitutil.snapshot_tree(workspace)
         patch = gitutil.diff_trees(workspace, start_tree, end_tree) if start_tree else ""
         changed = tuple(gitutil.changed_paths(workspace, start_tree, end_tree)) if start_tree else ()
+        out_of_scope = _out_of_scope(run.state, iteration, scope_violations(changed, rt.spec.scope_paths) if scoped else [])
 
         gate_results: list[GateResult] = []
         for pg in plan.gates:
             if stop_now():
-                return _outcome(run)
+                return
             g = gate_t.with_options(name=f"gate-{pg.id}", task_run_name=f"gate-{pg.id}#{iteration}")(
-                rt, pg.id, iteration, pg, changed
+                rt, pg.id, iteration, pg, GateInput(changed_paths=changed, out_of_scope=out_of_scope)
             )
             gate_results.append(g)
             if not run.state.gate_done(iteration, pg.id):
-                run.emit(
-                    "gate_evaluated",
-                    {
-                        "iteration": iteration,
-                        "gate": g.gate,
-                        "kind": g.gate_kind,
-                        "required": g.required,
-                        "passed": g.passed,
-                        "evidence": {k: v for k, v in g.evidence.items() if k != "report"}
-                        | ({"failing": g.evidence["report"]["failing"]} if "report" in g.evidence else {}),
-                    },
-                )
-                detail = ""
-                if "tests" in g.evidence:
-                    detail = f"  {g.evidence['passed']}/{g.evidence['tests']} tests passed"
-                say(f"  gate {g.gate:<8} {'PASS' if g.passed else 'FAIL'}{'' if g.required else ' (optional)'}{detail}")
+                run.emit("gate_evaluated", _gate_payload(g))
+                say(_gate_line(g))
 
         ckpt = ckpt_t.with_options(name="checkpoint", task_run_name=f"checkpoint#{iteration}")(
-            rt,
-            iteration,
-            [stage_results[s.id] for s in plan.stages],
-            gate_results,
-            patch,
-            run.state.usd_total,
-            run.state.tokens_total,
+            rt, iteration, [stage_results[s.id] for s in plan.stages], gate_results, patch,
+            run.state.usd_total, run.state.tokens_total,
         )
+        verdict = judge_iteration(run.state, iteration, plan.gates, rt.spec.on_failure)
+        events = verdict.events(run.state)
+        for type_, payload in events:
+            if type_ == "gate_skipped":
+                run.emit(type_, payload)
         if iteration not in run.state.checkpoints:
             run.emit(
                 "checkpoint_written",
@@ -320,47 +384,169 @@ def run_iterations(rt: JobRuntime, source: str | None, say: Printer = _stderr) -
         if run.state.open_iteration == iteration:
             run.emit(
                 "iteration_finished",
-                {"iteration": iteration, "gates_passed": ckpt.gates_passed, "fingerprint": ckpt.fingerprint},
+                {"iteration": iteration, "gates_passed": verdict.gates_passed, "fingerprint": ckpt.fingerprint},
             )
+        if rt.workdir is not None:
+            worktree.commit_all(rt.workdir, f"longrun {rt.job_id}: iteration {iteration}")
         say(f"  checkpoint   {rt.paths.iteration_dir(iteration)}")
-        if ckpt.gates_passed:
-            run.emit("run_completed", {"iteration": iteration, "reason": "all required gates passed"})
-            say(f"completed after {iteration} iteration(s): all required gates passed")
-            break
-    return _outcome(run)
+        for type_, payload in events:
+            if type_ != "gate_skipped":
+                run.emit(type_, payload)
+        if verdict.action != "retry":
+            say(f"{verdict.action} after {iteration} iteration(s): {verdict.reason}")
+            return
 
 
-def _outcome(run: _Run) -> dict[str, Any]:
-    s = run.state
+def _finish(run: _Run, clock: Callable[[], datetime]) -> None:
+    """End of every run: worktree patches, the evidence bundle, strict mode."""
+    rt, say = run.rt, run.say
+    if rt.workdir is not None and run.state.status == "COMPLETED":
+        patches = worktree.export_patches(rt.workdir, worktree.fork_point(rt.repo, rt.job_id), rt.paths.checkpoints / "patches")
+        worktree.remove_worktree(rt.repo, rt.workdir)
+        say(f"exported {len(patches)} patch(es) to {rt.paths.checkpoints / 'patches'}; apply with: longrun apply {rt.job_id}")
+    outcome = finalize_evidence(rt.root, rt.job_id, rt.spec.evidence.store, run.journal)
+    run.refresh()
+    where = outcome.store_uri or str(outcome.bundle.tar_path)
+    if outcome.upload_failed:
+        say(f"evidence upload FAILED ({outcome.error}); the bundle is kept at {outcome.bundle.tar_path}; retry with: longrun evidence push {rt.job_id}")
+    else:
+        say(f"evidence: {where} (sha256 {outcome.bundle.sha256[:12]}…)")
+    _evidence_artifacts(rt, outcome)
+    if rt.spec.mode == "strict" and run.state.status == "COMPLETED":
+        report = strict_report(rt.root, rt.job_id, run.state, rt.spec, clock())
+        if report.ok:
+            say("strict: completion contract holds" + (f" (waived by {report.waiver.approved_by})" if report.waived else ""))
+        else:
+            run.emit("run_failed", {"code": "strict_contract_failed", "message": "; ".join(report.problems)})
+            say("strict: completion contract FAILED: " + "; ".join(report.problems))
+
+
+def strict_report(root: Path, job_id: str, state: RunState, spec: Any, now: datetime):
+    """The strict-mode release check (G2): checkpoints, gates and a verified bundle, or a waiver."""
+    manifest, tar = bundle_paths(root, job_id)
+
+    def bundle_check() -> list[str]:
+        if not manifest.exists():
+            return ["no evidence bundle (run: longrun evidence " + job_id + ")"]
+        report = verify_bundle(manifest, tar, job_files_root=root)
+        return [f"evidence {m.name}: {m.problem}" for m in report.mismatches]
+
+    return strict_check(
+        root, job_id, state, now, bundle_check=bundle_check, required_gates=[g.id for g in spec.quality_gates.required]
+    )
+
+
+def _evidence_artifacts(rt: JobRuntime, outcome: Any) -> None:
+    key = f"evidence-{rt.job_id}"
+    link = outcome.store_uri or outcome.bundle.tar_path.resolve().as_uri()
+    create_link_artifact(link=link, link_text=f"{rt.spec.name} evidence bundle", key=key, description="The run's hashed evidence bundle")
+    manifest = json.loads(outcome.bundle.manifest_path.read_text(encoding="utf-8"))
+    create_markdown_artifact(markdown=manifest_markdown(manifest), key=f"{key}-manifest", description="Evidence manifest summary")
+
+
+def _register_children(run: _Run, iteration: int) -> None:
+    """Child specs a stage wrote into LONGRUN_SPAWN_DIR become registered jobs (S4)."""
+    rt = run.rt
+    spawn_dir = rt.paths.iteration_dir(iteration) / "spawn"
+    if not spawn_dir.is_dir() or not any(spawn_dir.iterdir()):
+        return
+    root_job_id = rt.spec.lineage.root_job_id if rt.spec.lineage else rt.job_id
+    generation = rt.spec.lineage.generation if rt.spec.lineage else 0
+    for child in collect_children(spawn_dir, rt.loaded, root_job_id, generation, rt.spec.max_generation):
+        if child.job_id in run.state.children:
+            continue
+        register(child.loaded, rt.root)
+        run.emit(
+            "child_spawned",
+            {"iteration": iteration, "child_job_id": child.job_id, "name": child.loaded.spec.name,
+             "generation": child.lineage.generation, "source": str(child.source)},
+        )
+        run.say(f"  spawned      {child.loaded.spec.name} ({child.job_id}), generation {child.lineage.generation}")
+
+
+def _out_of_scope(state: RunState, iteration: int, now: list[str]) -> tuple[str, ...]:
+    """Every path found outside scope after any stage of the iteration, or at its end."""
+    seen = set(now)
+    for payload in state.stage_results.get(iteration, {}).values():
+        seen.update(payload.get("out_of_scope", ()))
+    return tuple(sorted(seen))
+
+
+def _stage_payload(result: StageResult) -> dict[str, Any]:
     return {
-        "job_id": run.rt.job_id,
-        "name": run.rt.spec.name,
-        "status": str(s.status),
-        "reason": s.stop_reason,
-        "iterations": s.iterations_finished,
-        "usd": round(s.usd_total, 6),
-        "tokens": s.tokens_total,
-        "run_id": run.rt.run_id,
+        "iteration": result.iteration,
+        "stage": result.stage,
+        "exit_code": result.exit_code,
+        "timed_out": result.timed_out,
+        "duration_s": result.duration_s,
+        "phase": result.phase,
+        "model": result.model,
+        "attempts": result.attempts,
+        "usage": result.usage.model_dump(),
+        "error": result.error,
     }
 
 
-@flow(name="longrun-job", persist_result=False, validate_parameters=False)
-def longrun_job(spec: dict[str, Any], root: str = ".", source: str | None = None) -> dict[str, Any]:
-    """Run a longrun job (the canonical spec) under ``root`` until it completes or stops."""
-    job_spec = validate_spec_data(spec, file=source)
-    loaded = LoadedSpec(
-        spec=job_spec,
-        source=Path(source) if source else None,
-        job_id=job_id_for(job_spec),
-        canonical=canonical_json(job_spec),
+def _stage_line(result: StageResult) -> str:
+    if result.attempts == 0:
+        return f"  {result.stage:<12} skipped  ({result.error})"
+    status = "ok" if result.ok else ("timeout" if result.timed_out else f"exit {result.exit_code}")
+    return (
+        f"  {result.stage:<12} {status:<8} {result.duration_s:6.2f}s  model={result.model}  "
+        f"${result.usage.usd:.4f} {result.usage.tokens} tok"
     )
+
+
+def _gate_payload(g: GateResult) -> dict[str, Any]:
+    evidence = {k: v for k, v in g.evidence.items() if k != "report"}
+    if "report" in g.evidence:
+        evidence["failing"] = g.evidence["report"]["failing"]
+    return {"iteration": g.iteration, "gate": g.gate, "kind": g.gate_kind, "required": g.required, "passed": g.passed, "evidence": evidence}
+
+
+def _gate_line(g: GateResult) -> str:
+    detail = ""
+    if "tests" in g.evidence:
+        detail = f"  {g.evidence['passed']}/{g.evidence['tests']} tests passed"
+    elif g.evidence.get("matched"):
+        detail = "  " + ", ".join(g.evidence["matched"])
+    return f"  gate {g.gate:<8} {'PASS' if g.passed else 'FAIL'}{'' if g.required else ' (optional)'}{detail}"
+
+
+def _outcome(run: _Run) -> dict[str, Any]:
+    return outcome_dict(run.rt.job_id, run.rt.spec.name, run.state, run.rt.run_id)
+
+
+def _outcome_from(rt: JobRuntime) -> dict[str, Any]:
+    state = Journal(rt.paths.events_file).state() if rt.paths.events_file.exists() else RunState()
+    return outcome_dict(rt.job_id, rt.spec.name, state, rt.run_id)
+
+
+@flow(name="longrun-job", persist_result=False, validate_parameters=False)
+def longrun_job(
+    spec: dict[str, Any], root: str = ".", source: str | None = None, job_id: str | None = None
+) -> dict[str, Any]:
+    """Run a longrun job (the canonical spec) under ``root`` until it completes or stops.
+
+    ``job_id`` names an already registered job (resume): its stored id and
+    canonical spec are kept even if this longrun would hash the spec differently.
+    """
+    root_path = Path(root).resolve()
+    if job_id is not None:
+        loaded = find_job(root_path, job_id).load()
+    else:
+        job_spec = validate_spec_data(spec, file=source)
+        loaded = LoadedSpec(
+            spec=job_spec, source=Path(source) if source else None, job_id=job_id_for(job_spec), canonical=canonical_json(job_spec)
+        )
     ctx = get_run_context()
-    rt = JobRuntime(loaded=loaded, root=Path(root).resolve(), run_id=str(ctx.flow_run.id))
+    rt = JobRuntime(loaded=loaded, root=root_path, run_id=str(ctx.flow_run.id))
     try:
         return run_iterations(rt, source)
     except LongrunError as exc:
+        # Expected failures end the flow run as Failed with the code, not a traceback.
         _journal_failure(rt, exc.code, exc.message)
-        raise
+        return Failed(message=f"{exc.code}: {exc.message}", data={**_outcome_from(rt), "code": exc.code, "message": exc.message})
     except Exception as exc:
         _journal_failure(rt, "run_crashed", f"{type(exc).__name__}: {exc}")
         raise

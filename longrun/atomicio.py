@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,6 +26,8 @@ from longrun.errors import SpecImmutable
 
 __all__ = [
     "append_line",
+    "atomic_writer",
+    "copy_atomic",
     "fsync_dir",
     "open_append",
     "open_for_update",
@@ -97,6 +101,48 @@ def write_atomic(path: PathLike, data: bytes | str) -> None:
         _unlink_quietly(tmp)
         raise
     fsync_dir(target.parent)
+
+
+@contextmanager
+def atomic_writer(path: PathLike) -> Iterator[BinaryIO]:
+    """Stream a whole file: yield a binary file on a temp file beside ``path``.
+
+    When the ``with`` block ends normally the temp file is flushed, fsynced and
+    ``os.replace``-d over ``path`` (then the directory is fsynced); when it
+    raises, the temp file is removed and ``path`` is left as it was. For
+    writes too large to hold in memory (evidence bundles, downloads).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def copy_atomic(
+    src: PathLike, dst: PathLike, *, chunk: int = 1 << 20, on_chunk: Callable[[bytes], None] | None = None
+) -> int:
+    """Copy ``src`` over ``dst`` atomically, in chunks; return the bytes copied.
+
+    ``on_chunk`` sees every chunk (to hash while copying).
+    """
+    copied = 0
+    with open(src, "rb") as fin, atomic_writer(dst) as fout:
+        while block := fin.read(chunk):
+            if on_chunk is not None:
+                on_chunk(block)
+            fout.write(block)
+            copied += len(block)
+    return copied
 
 
 def write_once(path: PathLike, data: bytes | str) -> bool:

@@ -10,6 +10,8 @@ Human output by default, ``--json`` for machines. Exit codes are stable:
 4     the job STOPPED_BUDGET (budget governor)
 5     the job was REJECTED at an approval
 6     the job is WAITING_APPROVAL
+7     evidence upload failed (``evidence_upload_failed``); the local bundle is
+      kept and ``longrun evidence push JOB`` retries
 130   interrupted (Ctrl-C); the job can be resumed
 ====  ===========================================================
 
@@ -35,6 +37,7 @@ EXIT_STOPPED = 3
 EXIT_STOPPED_BUDGET = 4
 EXIT_REJECTED = 5
 EXIT_WAITING = 6
+EXIT_EVIDENCE_UPLOAD_FAILED = 7
 EXIT_INTERRUPTED = 130
 
 STATUS_EXIT = {
@@ -46,7 +49,15 @@ STATUS_EXIT = {
     "WAITING_APPROVAL": EXIT_WAITING,
 }
 
-BAD_INPUT_CODES = {"job_invalid_spec", "job_not_found", "job_id_invalid", "path_escape", "tool_not_allowed", "job_spec_immutable"}
+#: Error codes with an exit code of their own (evidence: longrun.cli_evidence).
+CODE_EXIT = {"evidence_upload_failed": EXIT_EVIDENCE_UPLOAD_FAILED, "evidence_store_error": EXIT_EVIDENCE_UPLOAD_FAILED}
+EVIDENCE_BAD_INPUT_CODES = {
+    "usage_error", "approval_step_unknown", "apply_nothing", "workspace_dirty","evidence_missing", "evidence_store_invalid"}
+
+BAD_INPUT_CODES = {
+    "job_invalid_spec", "job_not_found", "job_id_invalid", "path_escape", "tool_not_allowed",
+    "job_spec_immutable", "workspace_missing", "workspace_exists", "template_not_found", "waiver_invalid",
+}
 
 #: Defaults for the embedded Prefect server; the user's environment wins.
 PREFECT_DEFAULTS = {
@@ -164,31 +175,80 @@ def cmd_plan(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
-def _run_flow(loaded, root: Path, out: Out) -> int:
+def preflight(loaded, root: Path) -> None:
+    """Refuse bad input before Prefect starts: paths, template, workspace repo."""
+    from longrun import gitutil
+    from longrun.errors import PathEscape
+    from longrun.paths import safe_join
+    from longrun.scope import check_spec_paths
+
+    problems = check_spec_paths(loaded.spec, root)
+    if problems:
+        raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+    ws = loaded.spec.workspace
+    workspace = safe_join(root, ws.path, what="workspace.path")
+    if workspace.exists():
+        if not gitutil.is_repo(workspace):
+            raise LongrunError(f"workspace {workspace} is not a git repository (run `git init` there)", code="workspace_missing")
+        if loaded.spec.isolation == "worktree":
+            from longrun import worktree
+            from longrun.paths import JobPaths
+
+            if not (JobPaths(root, loaded.job_id).maestro / "worktrees" / loaded.job_id).exists() and worktree.is_dirty(workspace):
+                raise LongrunError(
+                    f"workspace {workspace} has uncommitted changes; isolation: worktree starts only from a clean tree",
+                    code="workspace_dirty",
+                )
+        return
+    if ws.template is None:
+        raise LongrunError(f"workspace {workspace} does not exist and the spec names no template", code="workspace_missing")
+    if loaded.source is None:
+        raise LongrunError(f"workspace {workspace} does not exist; run the job from its spec file", code="workspace_missing")
+    template = safe_join(loaded.source.parent, ws.template, what="workspace.template")
+    if not template.is_dir():
+        raise LongrunError(f"workspace template {template} is not a directory", code="template_not_found")
+
+
+def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None) -> int:
+    """Run the job's flow in this process and report its outcome from the journal."""
+    from longrun.jobs import find_job
+
+    preflight(loaded, root)
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    from prefect import tags
+
     from longrun.flows.job import job_flow
 
     flow = job_flow(loaded)
     source = str(loaded.source) if loaded.source else None
-    spec_data = json.loads(loaded.canonical)
     try:
-        outcome = flow(spec=spec_data, root=str(root), source=source)
+        with tags("longrun", *loaded.spec.tags):
+            state = flow(spec=json.loads(loaded.canonical), root=str(root), source=source, job_id=job_id, return_state=True)
     except KeyboardInterrupt:
         print("interrupted; resume with: longrun resume " + loaded.job_id, file=sys.stderr)
         return EXIT_INTERRUPTED
-    except LongrunError:
-        raise
-    except Exception as exc:  # a crashed flow is journaled by the flow itself when it can be
-        raise LongrunError(f"the job flow crashed: {type(exc).__name__}: {exc}", code="run_crashed") from exc
-    status = outcome["status"]
-    out.emit(
-        f"{outcome['name']} ({outcome['job_id']}): {status}"
-        + (f" [{outcome['reason']}]" if outcome.get("reason") else "")
-        + f" after {outcome['iterations']} iteration(s), ${outcome['usd']:.4f}, {outcome['tokens']} tokens",
-        outcome,
-    )
-    return STATUS_EXIT.get(status, EXIT_FAILED)
+    record = find_job(root, loaded.job_id)
+    outcome = record.outcome(run_id=str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None)
+    if not state.is_completed():
+        failure = record.last_failure()
+        outcome.update(failure or {"code": "run_crashed", "message": state.message or "the job flow crashed"})
+        if outcome["status"] != "FAILED":
+            outcome["status"] = "FAILED"
+    _print_outcome(outcome, out)
+    if outcome["status"] == "FAILED" and outcome.get("code") in BAD_INPUT_CODES:
+        return EXIT_BAD_INPUT
+    return STATUS_EXIT.get(outcome["status"], EXIT_FAILED)
+
+
+def _print_outcome(outcome: dict[str, Any], out: Out) -> None:
+    human = f"{outcome['name']} ({outcome['job_id']}): {outcome['status']}"
+    if outcome.get("code"):
+        human += f" [{outcome['code']}: {outcome['message']}]"
+    elif outcome.get("reason"):
+        human += f" [{outcome['reason']}]"
+    human += f" after {outcome['iterations']} iteration(s), ${outcome['usd']:.4f}, {outcome['tokens']} tokens"
+    out.emit(human, outcome)
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
@@ -202,8 +262,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
     except LongrunError:
         state = None
     if state is not None and state.status == "COMPLETED":
-        out.emit(f"{loaded.spec.name} ({loaded.job_id}): already COMPLETED after {state.iterations_finished} iteration(s)",
-                 {"job_id": loaded.job_id, "name": loaded.spec.name, "status": "COMPLETED", "iterations": state.iterations_finished})
+        _print_outcome(find_job(root, loaded.job_id).outcome(), out)
         return EXIT_OK
     return _run_flow(loaded, root, out)
 
@@ -216,7 +275,7 @@ def cmd_resume(args: argparse.Namespace, out: Out) -> int:
     record = find_job(root, args.job)
     state = record.state()
     if state.status == "COMPLETED":
-        out.emit(f"{record.name} ({record.job_id}): already COMPLETED", {"job_id": record.job_id, "status": "COMPLETED"})
+        _print_outcome(record.outcome(), out)
         return EXIT_OK
     loaded = record.load()
     # The source spec (for the workspace template) is recorded at registration.
@@ -227,7 +286,10 @@ def cmd_resume(args: argparse.Namespace, out: Out) -> int:
         loaded = replace(loaded, source=Path(source))
     if atomicio.remove(record.paths.job_stop_file):
         print(f"removed stop file {record.paths.job_stop_file}", file=sys.stderr)
-    return _run_flow(loaded, root, out)
+    root_stop = root / ".maestro" / "STOP"
+    if root_stop.exists():
+        print(f"note: the root-wide stop file {root_stop} is present; the job stops again until it is removed", file=sys.stderr)
+    return _run_flow(loaded, root, out, job_id=record.job_id)
 
 
 def _registered_source(record) -> str | None:
@@ -242,6 +304,9 @@ def cmd_stop(args: argparse.Namespace, out: Out) -> int:
     from longrun.jobs import find_job
 
     record = find_job(_root(args), args.job)
+    if record.state().status == "COMPLETED":
+        out.emit(f"{record.name} ({record.job_id}) is already COMPLETED; nothing to stop", {"job_id": record.job_id, "status": "COMPLETED"})
+        return EXIT_OK
     atomicio.touch(record.paths.job_stop_file)
     record.journal.append("stop_requested", {"by": args.by or os.environ.get("USER", "cli"), "reason": args.reason}, job_id=record.job_id)
     out.emit(
@@ -249,6 +314,12 @@ def cmd_stop(args: argparse.Namespace, out: Out) -> int:
         {"job_id": record.job_id, "stop_file": str(record.paths.job_stop_file)},
     )
     return EXIT_OK
+
+
+def _ts(value) -> str | None:
+    from longrun.events import format_ts
+
+    return format_ts(value) if value is not None else None
 
 
 def _state_dict(record, state) -> dict[str, Any]:
@@ -265,7 +336,7 @@ def _state_dict(record, state) -> dict[str, Any]:
         "active_seconds": round(state.active_seconds, 3),
         "no_progress_streak": state.no_progress_streak,
         "runs": list(state.runs),
-        "last_event": {"seq": state.last_seq, "type": state.last_event_type, "ts": state.last_event_ts},
+        "last_event": {"seq": state.last_seq, "type": state.last_event_type, "ts": _ts(state.last_event_ts)},
         "stop_requested": state.stop_requested,
     }
 
@@ -287,7 +358,7 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     ]
     if gates:
         human.append("  gates       " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in d["gates"].items()))
-    human.append(f"  last event  #{state.last_seq} {state.last_event_type} at {state.last_event_ts}")
+    human.append(f"  last event  #{state.last_seq} {state.last_event_type} at {_ts(state.last_event_ts)}")
     out.emit("\n".join(human), d)
     return EXIT_OK
 
@@ -330,14 +401,16 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
         else:
             print(_event_line(event), flush=True)
 
+    if args.n is not None and args.n < 0:
+        raise LongrunError("-n must be 0 or more", code="usage_error")
     events = journal.read()
+    last = events[-1].seq if events else 0
     if args.n is not None:
-        events = events[-args.n:]
+        events = events[len(events) - args.n:] if args.n else []
     for event in events:
         show(event)
     if not args.follow:
         return EXIT_OK
-    last = events[-1].seq if events else 0
 
     def finished() -> bool:
         return journal.state().is_terminal and not args.forever
@@ -350,15 +423,73 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def cmd_approve(args: argparse.Namespace, out: Out) -> int:
+    """Journal an approval decision; ``longrun resume JOB`` then continues the job."""
+    from longrun.jobs import find_job
+    from longrun.policy import approval_status
+
+    record = find_job(_root(args), args.job)
+    state = record.state()
+    pending = state.pending_approval
+    if pending is not None and pending != args.step:
+        raise LongrunError(f"{record.name} waits for step {pending!r}, not {args.step!r}", code="approval_step_unknown")
+    if pending is None and approval_status(state, args.step) == "pending":
+        raise LongrunError(f"{record.name} ({record.job_id}) is not waiting for step {args.step!r}", code="approval_step_unknown")
+    decision = "rejected" if args.reject else "approved"
+    record.journal.append(
+        decision,
+        {"step": args.step, "iteration": state.iteration or None, "approver": args.approver, "comment": args.comment},
+        job_id=record.job_id,
+    )
+    after = record.state()
+    out.emit(
+        f"{decision} step {args.step!r} of {record.name} ({record.job_id}) by {args.approver}; status {after.status}"
+        + ("" if args.reject else f"; continue with: longrun resume {record.job_id}"),
+        {"job_id": record.job_id, "step": args.step, "decision": decision, "approver": args.approver, "status": str(after.status)},
+    )
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, out: Out) -> int:
+    """Apply the patches a worktree-isolated job exported, only through ``git am``."""
+    from longrun import worktree
+    from longrun.jobs import find_job
+    from longrun.runtime import JobRuntime
+
+    root = _root(args)
+    record = find_job(root, args.job)
+    loaded = record.load()
+    if loaded.spec.isolation != "worktree":
+        raise LongrunError(f"{record.name} does not run with isolation: worktree; there is nothing to apply", code="apply_nothing")
+    if record.state().status != "COMPLETED":
+        raise LongrunError(f"{record.name} is {record.state().status}; patches are applied only from a COMPLETED job", code="apply_nothing")
+    rt = JobRuntime(loaded=loaded, root=root, run_id="apply")
+    patches = sorted((rt.paths.checkpoints / "patches").glob("*.patch"))
+    if not patches:
+        raise LongrunError(f"no exported patches under {rt.paths.checkpoints / 'patches'}", code="apply_nothing")
+    new_head = worktree.apply_patches(rt.repo, patches)
+    worktree.remove_worktree(rt.repo, rt.worktree_dir, branch_too=True)
+    worktree.delete_branch(rt.repo, record.job_id)
+    out.emit(
+        f"applied {len(patches)} patch(es) to {rt.repo} with git am; HEAD is now {new_head[:12]}",
+        {"job_id": record.job_id, "patches": [p.name for p in patches], "head": new_head},
+    )
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Accepted before or after the command; SUPPRESS keeps a subcommand's
+    # default from overwriting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--root", help="job root holding .maestro/ (default: $LONGRUN_ROOT or the current directory)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--root", default=argparse.SUPPRESS, help="job root holding .maestro/ (default: $LONGRUN_ROOT or the current directory)")
 
     p = argparse.ArgumentParser(prog="longrun", description="Governed, resumable long-run jobs on Prefect.")
+    p.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    p.add_argument("--root", default=None, help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"longrun {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -397,6 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--forever", action="store_true", help="with --follow: do not end when the run ends")
     s.add_argument("-n", type=int, default=None, help="only the last N events first")
     s.set_defaults(fn=cmd_tail)
+    s = sub.add_parser("approve", parents=[common], help="approve (or --reject) a step a job waits for")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--step", required=True, help="the step, e.g. 'release' or 'escalate:tests'")
+    s.add_argument("--approver", required=True, help="who decides (journaled)")
+    s.add_argument("--reject", action="store_true", help="reject instead of approve")
+    s.add_argument("--comment", default="")
+    s.set_defaults(fn=cmd_approve)
+
+    s = sub.add_parser("apply", parents=[common], help="apply a worktree job's patches to the main tree with git am")
+    s.add_argument("job", metavar="JOB")
+    s.set_defaults(fn=cmd_apply)
+
+    from longrun.cli_evidence import register as register_evidence
+
+    register_evidence(sub, common)
     return p
 
 
@@ -411,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": exc.to_dict()}, sort_keys=True))
         else:
             print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_BAD_INPUT if exc.code in BAD_INPUT_CODES else EXIT_FAILED
+        return EXIT_BAD_INPUT if exc.code in BAD_INPUT_CODES | EVIDENCE_BAD_INPUT_CODES else CODE_EXIT.get(exc.code, EXIT_FAILED)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

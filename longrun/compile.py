@@ -10,7 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longrun.spec.models import Gate, JobSpec, RetryPolicy
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from longrun.spec.models import FailurePolicy, Gate, JobSpec, RetryPolicy
+
+
+class ScopeGate(BaseModel):
+    """The implicit gate of SPEC G4: no change outside ``scope_paths``.
+
+    Added to every job whose ``scope_paths`` do not include ``.``. A violation
+    aborts the run: changes outside the agreed scope are never retried over.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = "scope"
+    kind: Literal["scope"] = "scope"
+    on_failure: FailurePolicy = FailurePolicy(action="abort", max_retries=0)
 
 
 @dataclass(frozen=True)
@@ -28,7 +46,7 @@ class PlannedStage:
 
 @dataclass(frozen=True)
 class PlannedGate:
-    gate: Gate
+    gate: Gate | ScopeGate
     required: bool
 
     @property
@@ -97,5 +115,7 @@ def compile_spec(spec: JobSpec) -> ExecutionPlan:
             )
         )
     gates = [PlannedGate(g, True) for g in spec.quality_gates.required]
+    if "." not in {p.strip("/") or "." for p in spec.scope_paths}:
+        gates.append(PlannedGate(ScopeGate(), True))
     gates += [PlannedGate(g, False) for g in spec.quality_gates.optional]
     return ExecutionPlan(job_name=spec.name, stages=tuple(stages), gates=tuple(gates))

@@ -15,12 +15,24 @@ CLI prints them as the first word of an error and under ``error.code`` in
     ├── JournalCorrupt           journal_corrupt
     ├── EventVersionUnsupported  event_version_unsupported
     ├── SpecImmutable            job_spec_immutable
-    └── StageError               stage_failed
+    ├── StageError               stage_failed
+    ├── EvidenceMissing          evidence_missing   (no bundle/manifest/job file to build or verify)
+    ├── EvidenceMismatch         evidence_mismatch  (a bundle does not match its manifest)
+    ├── EvidenceStoreInvalid     evidence_store_invalid (a store reference that cannot be resolved)
+    └── EvidenceStoreError       evidence_store_error   (terminal: 4xx, NoSuchBucket, AccessDenied)
+        └── EvidenceTransientError  evidence_upload_failed (retryable: 5xx, throttling, timeouts)
 
 Raised as plain ``LongrunError(code=...)`` where no handler needs a subclass:
 ``usage_invalid``, ``junit_missing``, ``junit_invalid``, ``git_failed``,
 ``workspace_exists``, ``workspace_missing``, ``template_not_found``,
 ``run_crashed``.
+
+Governance codes (also plain ``LongrunError(code=...)``): ``waiver_invalid``,
+``waiver_expired`` (longrun.waiver); ``workspace_dirty``,
+``patch_apply_failed`` (longrun.worktree); ``lineage_too_deep``
+(longrun.lineage); ``gate_failed``, ``gate_retries_exhausted``
+(longrun.policy, journaled as ``run_failed.code``); ``budget_exhausted``
+(longrun.budget); ``scope_violation`` (longrun.scope).
 """
 
 from __future__ import annotations
@@ -111,6 +123,37 @@ class StageError(LongrunError):
     code = "stage_failed"
 
 
+class EvidenceMissing(LongrunError):
+    code = "evidence_missing"
+
+
+class EvidenceMismatch(LongrunError):
+    code = "evidence_mismatch"
+
+
+class EvidenceStoreInvalid(LongrunError):
+    code = "evidence_store_invalid"
+
+
+class EvidenceStoreError(LongrunError):
+    """The evidence store refused or lost an object; retrying the same call will not help.
+
+    Also raised with code ``evidence_upload_failed`` (not retryable) when an
+    upload went through but the stored object's size or sha256 differs.
+    """
+
+    code = "evidence_store_error"
+
+
+class EvidenceTransientError(EvidenceStoreError):
+    """A store call failed in a way that may pass on retry (5xx, throttling, network)."""
+
+    code = "evidence_upload_failed"
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool = True) -> None:
+        super().__init__(message, code=code, retryable=retryable)
+
+
 #: Every stable code, for docs and tests (docs/cli.md lists them with exit codes).
 STABLE_CODES: tuple[str, ...] = (
     "job_invalid_spec",
@@ -130,4 +173,22 @@ STABLE_CODES: tuple[str, ...] = (
     "workspace_missing",
     "template_not_found",
     "run_crashed",
+    "usage_error",
+    "approval_step_unknown",
+    "apply_nothing",
+    "strict_contract_failed",
+    "evidence_missing",
+    "evidence_mismatch",
+    "evidence_store_invalid",
+    "evidence_store_error",
+    "evidence_upload_failed",
+    "waiver_invalid",
+    "waiver_expired",
+    "workspace_dirty",
+    "patch_apply_failed",
+    "lineage_too_deep",
+    "gate_failed",
+    "gate_retries_exhausted",
+    "budget_exhausted",
+    "scope_violation",
 )

@@ -36,6 +36,7 @@ from pydantic import (
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from longrun.errors import EventVersionUnsupported, JournalCorrupt
@@ -147,6 +148,100 @@ class RunFailed(Payload):
     message: str
 
 
+# -- governance: budget (E4), gate-failure policy (E6), approvals (G3) ----------
+
+BudgetReason = Literal["total_usd", "tokens", "per_hour_usd"]
+
+
+class StoppedBudget(Payload):
+    """A budget limit would be crossed: the run stops (status ``STOPPED_BUDGET``)."""
+
+    reason: BudgetReason
+    limit: float
+    counters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="usd_total, tokens_total, usd_last_hour, expected_usd, expected_tokens",
+    )
+
+
+class BudgetWait(Payload):
+    """The hourly window is full and ``on_hourly_limit: wait``: the run sleeps until ``until``."""
+
+    until: AwareDatetime
+    reason: BudgetReason = "per_hour_usd"
+    counters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("until")
+    @classmethod
+    def _until_utc(cls, v: datetime) -> datetime:
+        return v.astimezone(UTC)
+
+    @field_serializer("until")
+    def _ser_until(self, v: datetime) -> str:
+        return format_ts(v)
+
+
+def escalation_step(gate: str) -> str:
+    """The approval step that resolves an escalation of ``gate``: ``escalate:<gate>``.
+
+    The colon cannot occur in a spec's approval step ids, so the two never collide.
+    """
+    return f"escalate:{gate}"
+
+
+class Escalated(Payload):
+    """A gate failed under ``escalate``: the run waits for a human (``WAITING_APPROVAL``)."""
+
+    iteration: int = Field(ge=1)
+    gate: str
+    reason: str
+    step: str = Field("", description="The approval step that resolves it; default escalation_step(gate).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_step(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("step") and isinstance(data.get("gate"), str):
+            data = {**data, "step": escalation_step(data["gate"])}
+        return data
+
+
+class GateSkipped(Payload):
+    """A failed gate was skipped by policy; a skipped required gate does not block completion."""
+
+    iteration: int = Field(ge=1)
+    gate: str
+    reason: str
+
+
+class ChildSpawned(Payload):
+    """A stage wrote a child spec into ``LONGRUN_SPAWN_DIR``; it was validated and registered."""
+
+    iteration: int = Field(ge=1)
+    child_job_id: str
+    name: str
+    generation: int = Field(ge=1)
+    source: str | None = None
+
+
+class _ApprovalPayload(Payload):
+    step: str = Field(min_length=1)
+    iteration: int | None = Field(None, ge=0)
+    approver: str | None = None
+    comment: str | None = None
+
+
+class ApprovalRequested(_ApprovalPayload):
+    """The run waits at approval ``step`` (status ``WAITING_APPROVAL``)."""
+
+
+class Approved(_ApprovalPayload):
+    approver: str = Field(min_length=1)
+
+
+class Rejected(_ApprovalPayload):
+    approver: str = Field(min_length=1)
+
+
 # --------------------------------------------------------------------------- envelopes
 
 
@@ -241,6 +336,90 @@ class RunFailedEvent(Event):
     payload: RunFailed
 
 
+class StoppedBudgetEvent(Event):
+    type: Literal["stopped_budget"] = "stopped_budget"
+    payload: StoppedBudget
+
+
+class BudgetWaitEvent(Event):
+    type: Literal["budget_wait"] = "budget_wait"
+    payload: BudgetWait
+
+
+class EscalatedEvent(Event):
+    type: Literal["escalated"] = "escalated"
+    payload: Escalated
+
+
+class GateSkippedEvent(Event):
+    type: Literal["gate_skipped"] = "gate_skipped"
+    payload: GateSkipped
+
+
+class ChildSpawnedEvent(Event):
+    type: Literal["child_spawned"] = "child_spawned"
+    payload: ChildSpawned
+
+
+class ApprovalRequestedEvent(Event):
+    type: Literal["approval_requested"] = "approval_requested"
+    payload: ApprovalRequested
+
+
+class ApprovedEvent(Event):
+    type: Literal["approved"] = "approved"
+    payload: Approved
+
+
+class RejectedEvent(Event):
+    type: Literal["rejected"] = "rejected"
+    payload: Rejected
+
+
+# -- evidence (C3): bundle built, uploaded, upload failed ----------------------
+# These never change a job's status; RunState.evidence keeps the latest of each.
+
+
+class EvidenceBuilt(Payload):
+    """``.maestro/evidence/<jobId>.tar.gz`` and its manifest were (re)written."""
+
+    manifest: str = Field(description="Path of the manifest, relative to the job root.")
+    bundle: str = Field(description="Path of the tar.gz, relative to the job root.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the tar.gz.")
+    size: int = Field(ge=0)
+    files: int = Field(ge=0, description="Number of files in the bundle.")
+    built_from_seq: int | None = Field(None, ge=0, description="Last journal seq the bundle holds.")
+
+
+class EvidenceUploaded(Payload):
+    uri: str = Field(description="Where the tar.gz now is (s3://bucket/key, file://...).")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    manifest_uri: str | None = None
+
+
+class EvidenceUploadFailed(Payload):
+    uri: str
+    error: str = Field(description="'<code>: <message>' of the last error.")
+    retryable: bool
+    sha256: str | None = None
+
+
+class EvidenceBuiltEvent(Event):
+    type: Literal["evidence_built"] = "evidence_built"
+    payload: EvidenceBuilt
+
+
+class EvidenceUploadedEvent(Event):
+    type: Literal["evidence_uploaded"] = "evidence_uploaded"
+    payload: EvidenceUploaded
+
+
+class EvidenceUploadFailedEvent(Event):
+    type: Literal["evidence_upload_failed"] = "evidence_upload_failed"
+    payload: EvidenceUploadFailed
+
+
 _EVENT_CLASSES: tuple[type[Event], ...] = (
     JobRegisteredEvent,
     RunStartedEvent,
@@ -254,6 +433,17 @@ _EVENT_CLASSES: tuple[type[Event], ...] = (
     RunCompletedEvent,
     RunStoppedEvent,
     RunFailedEvent,
+    StoppedBudgetEvent,
+    BudgetWaitEvent,
+    EscalatedEvent,
+    GateSkippedEvent,
+    ChildSpawnedEvent,
+    ApprovalRequestedEvent,
+    ApprovedEvent,
+    RejectedEvent,
+    EvidenceBuiltEvent,
+    EvidenceUploadedEvent,
+    EvidenceUploadFailedEvent,
 )
 
 #: type name → envelope class.
@@ -367,12 +557,29 @@ __all__ = [
     "EVENT_VERSION",
     "PAYLOAD_TYPES",
     "AnyEvent",
+    "ApprovalRequested",
+    "ApprovalRequestedEvent",
+    "Approved",
+    "ApprovedEvent",
+    "BudgetReason",
+    "BudgetWait",
+    "BudgetWaitEvent",
     "CheckpointWritten",
     "CheckpointWrittenEvent",
+    "Escalated",
+    "EscalatedEvent",
     "Event",
     "EventAdapter",
+    "EvidenceBuilt",
+    "EvidenceBuiltEvent",
+    "EvidenceUploadFailed",
+    "EvidenceUploadFailedEvent",
+    "EvidenceUploaded",
+    "EvidenceUploadedEvent",
     "GateEvaluated",
     "GateEvaluatedEvent",
+    "GateSkipped",
+    "GateSkippedEvent",
     "IterationFinished",
     "IterationFinishedEvent",
     "IterationStarted",
@@ -380,6 +587,8 @@ __all__ = [
     "JobRegistered",
     "JobRegisteredEvent",
     "Payload",
+    "Rejected",
+    "RejectedEvent",
     "RunCompleted",
     "RunCompletedEvent",
     "RunFailed",
@@ -395,9 +604,12 @@ __all__ = [
     "StopReason",
     "StopRequested",
     "StopRequestedEvent",
+    "StoppedBudget",
+    "StoppedBudgetEvent",
     "Upcaster",
     "Usage",
     "build_event",
+    "escalation_step",
     "format_ts",
     "known_versions",
     "parse_event",

@@ -8,6 +8,8 @@ alone never passes a test gate.
 ``file_changed``: a path in the iteration's diff matches the glob.
 ``artifact_exists``: the path exists inside the workspace.
 ``approval``: never passes by itself (approval events resolve it).
+``scope`` (implicit, see ``longrun.compile.ScopeGate``): nothing changed outside
+``scope_paths``; the evidence names the offending paths.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class GateInput:
     """What a gate may look at besides the workspace: the iteration's diff."""
 
     changed_paths: tuple[str, ...] = ()
+    #: Paths changed outside ``scope_paths`` after any stage of the iteration.
+    out_of_scope: tuple[str, ...] = ()
 
 
 def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInput) -> GateResult:
@@ -47,6 +51,8 @@ def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInpu
     elif kind == "artifact_exists":
         target = safe_join(rt.workspace, gate.path, what=f"gate {gate.id} path")
         passed, evidence = target.exists(), {"path": gate.path}
+    elif kind == "scope":
+        passed, evidence = not inp.out_of_scope, {"scope_paths": list(rt.spec.scope_paths), "matched": list(inp.out_of_scope)}
     elif kind == "approval":
         passed, evidence = False, {"step": gate.step, "reason": "awaiting an approval event"}
     else:  # pragma: no cover - the spec's discriminated union forbids it
@@ -67,8 +73,7 @@ def _command_gate(rt: JobRuntime, pg: PlannedGate, iteration: int) -> tuple[bool
     gate = pg.gate
     check_tool(rt, gate.run, gate.shell, f"gate {gate.id!r}")
     it_dir = rt.paths.iteration_dir(iteration)
-    env = rt.base_env(iteration)
-    env.update(gate.env)
+    env = rt.base_env(iteration, extra=gate.env)
     env.update({"LONGRUN_GATE": gate.id, "LONGRUN_STAGE": f"gate:{gate.id}"})
     extra: dict[str, str] = {}
     junit: Path | None = None

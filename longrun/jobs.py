@@ -8,7 +8,7 @@ same spec again is a no-op.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from longrun import atomicio, gitutil
@@ -32,9 +32,25 @@ class JobRecord:
     def state(self) -> RunState:
         return self.journal.state()
 
+    def outcome(self, run_id: str | None = None) -> dict:
+        return outcome_dict(self.job_id, self.name, self.state(), run_id)
+
+    def last_failure(self) -> dict | None:
+        """Code and message of the last ``run_failed`` event, if the job failed."""
+        for event in reversed(self.journal.read()):
+            if event.type == "run_failed":
+                return {"code": event.payload.code, "message": event.payload.message}
+        return None
+
     def load(self) -> LoadedSpec:
+        """The stored canonical spec, under the job's stored id.
+
+        The id is not recomputed: a newer longrun may add defaulted fields,
+        which would change the hash of the same spec and orphan the job.
+        """
         text = self.paths.spec_file.read_text(encoding="utf-8")
-        return load_canonical(text, file=str(self.paths.spec_file))
+        loaded = load_canonical(text, file=str(self.paths.spec_file))
+        return replace(loaded, job_id=self.job_id, canonical=text.rstrip("\n"))
 
 
 def register(loaded: LoadedSpec, root: Path) -> JobRecord:
@@ -75,7 +91,7 @@ def ensure_workspace(loaded: LoadedSpec, root: Path, template_base: Path | None)
 
 
 def find_job(root: Path, ref: str) -> JobRecord:
-    """A job by id, id prefix (unique) or name (most recently registered wins)."""
+    """A job by id, id prefix (unique) or name (the one with the latest journal activity wins)."""
     base = jobs_dir(root)
     if JOB_ID_RE.match(ref):
         paths = JobPaths(root, ref)
@@ -111,3 +127,17 @@ def _record(paths: JobPaths) -> JobRecord:
     state = Journal(paths.events_file).state() if paths.events_file.exists() else None
     name = state.name if state and state.name else paths.job_id
     return JobRecord(paths.job_id, name, paths)
+
+
+def outcome_dict(job_id: str, name: str, s: RunState, run_id: str | None) -> dict:
+    """The result of a run, the same shape whether or not anything ran."""
+    return {
+        "job_id": job_id,
+        "name": name,
+        "status": str(s.status),
+        "reason": s.stop_reason,
+        "iterations": s.iterations_finished,
+        "usd": round(s.usd_total, 6),
+        "tokens": s.tokens_total,
+        "run_id": run_id,
+    }

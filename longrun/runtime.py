@@ -21,6 +21,8 @@ class JobRuntime:
     loaded: LoadedSpec
     root: Path
     run_id: str
+    #: Where stages run when it is not the spec's workspace (``isolation: worktree``).
+    workdir: Path | None = None
 
     @property
     def spec(self) -> JobSpec:
@@ -39,8 +41,18 @@ class JobRuntime:
         return compile_spec(self.spec)
 
     @property
-    def workspace(self) -> Path:
+    def repo(self) -> Path:
+        """The spec's workspace: the main tree."""
         return safe_join(self.root, self.spec.workspace.path, what="workspace.path")
+
+    @property
+    def workspace(self) -> Path:
+        """Where stages and gates run: the worktree under isolation, else the main tree."""
+        return self.workdir if self.workdir is not None else self.repo
+
+    @property
+    def worktree_dir(self) -> Path:
+        return self.paths.maestro / "worktrees" / self.job_id
 
     @property
     def stop_files(self) -> tuple[Path, ...]:
@@ -52,10 +64,15 @@ class JobRuntime:
             return None
         return safe_join(self.workspace, self.spec.plan_file, what="plan_file")
 
-    def base_env(self, iteration: int) -> dict[str, str]:
-        """The environment every stage and gate command gets (SPEC E2)."""
+    def base_env(self, iteration: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment every stage and gate command gets (SPEC E2).
+
+        ``extra`` (the spec's ``env``) goes in before the ``LONGRUN_*``
+        variables, so it can never override them.
+        """
         prev = self.paths.iteration_dir(iteration - 1) if iteration > 1 else None
         env = dict(os.environ)
+        env.update(extra or {})
         env.update(
             {
                 "LONGRUN_JOB_ID": self.job_id,
@@ -66,6 +83,7 @@ class JobRuntime:
                 "LONGRUN_WORKSPACE": str(self.workspace),
                 "LONGRUN_CHECKPOINT_DIR": str(self.paths.iteration_dir(iteration).resolve()),
                 "LONGRUN_PREV_CHECKPOINT_DIR": str(prev.resolve()) if prev is not None else "",
+                "LONGRUN_SPAWN_DIR": str((self.paths.iteration_dir(iteration) / "spawn").resolve()),
             }
         )
         if self.spec.plan_file is not None:

@@ -16,12 +16,9 @@ from pathlib import Path
 from longrun import atomicio
 from longrun.checkpoint import StageResult, UsageRecord
 from longrun.compile import PlannedStage
-from longrun.errors import ToolNotAllowed
+from longrun.errors import LongrunError, ToolNotAllowed
 from longrun.process import CommandResult, kill_stale_group, read_usage_file, run_command, scan_log
 from longrun.runtime import JobRuntime
-
-PLACEHOLDERS = ("{job_id}", "{iteration}", "{checkpoint_dir}", "{workspace}", "{junit_xml}")
-
 
 def check_tool(rt: JobRuntime, argv: tuple[str, ...] | list[str], shell: bool, where: str) -> None:
     allowed = set(rt.spec.allowed_tools)
@@ -59,8 +56,7 @@ def run_stage(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int)
     atomicio.remove(usage_file)
     usage_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file = it_dir / "running" / f"{stage.id}.pgid"
-    env = rt.base_env(iteration)
-    env.update(dict(stage.env))
+    env = rt.base_env(iteration, extra=dict(stage.env))
     env.update(
         {
             "LONGRUN_STAGE": stage.id,
@@ -107,10 +103,20 @@ def _usage(rt: JobRuntime, stage: PlannedStage, usage_file: Path, log: Path, res
     capture = rt.spec.stage(stage.id).usage
     if capture is not None:
         if capture.usd_regex and (m := scan_log(log, result.log_offset_start, result.log_offset_end, re.compile(capture.usd_regex))):
-            usd = float(m)
+            usd = _number(m, "usd_regex", stage.id)
         if capture.tokens_regex and (m := scan_log(log, result.log_offset_start, result.log_offset_end, re.compile(capture.tokens_regex))):
-            tokens = int(float(m))
+            tokens = int(_number(m, "tokens_regex", stage.id))
     return UsageRecord(usd=usd, tokens=tokens, model=model or stage.model)
+
+
+def _number(text: str, what: str, stage_id: str) -> float:
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise LongrunError(f"stage {stage_id!r}: {what} captured {text!r}, which is not a number", code="usage_invalid") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise LongrunError(f"stage {stage_id!r}: {what} captured {text!r}; usage must be a finite number >= 0", code="usage_invalid")
+    return value
 
 
 def should_retry(stage: PlannedStage, record: StageResult) -> bool:

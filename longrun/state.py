@@ -17,8 +17,23 @@ Status machine (``run_started`` after a terminal status is a resume)::
                                │  │    ──run_failed────▶ FAILED  (stop_reason=code)
                                │  └──── run_started ◀── any terminal status
 
-To add a status (``WAITING_APPROVAL``, ``APPROVED``, ``STOPPED_BUDGET``,
-``REJECTED``): add the member to :class:`Status`, list it in ``TERMINAL`` if a
+Governance statuses (budget, gate-failure policy, approvals)::
+
+    RUNNING ──stopped_budget─────▶ STOPPED_BUDGET (stop_reason = budget reason)
+            ──escalated──────────▶ WAITING_APPROVAL (stop_reason = pending step)
+            ──approval_requested─▶ WAITING_APPROVAL
+    WAITING_APPROVAL ──approved (the pending step)──▶ APPROVED
+    any ──rejected──▶ REJECTED (stop_reason = step)
+
+All four are in ``TERMINAL`` (no run is active; a later ``run_started``
+resumes). ``approved``/``rejected`` always record the decision in
+``approvals`` (step → last decision); ``approved`` moves the status only
+when the job waits for that very step. ``pending_approval`` is the step a
+job waits for; ``run_started`` does not clear it (a resume does not bypass an
+approval). ``gate_skipped`` records the gate in ``gate_skips``;
+``budget_wait`` has no state effect.
+
+To add a status: add the member to :class:`Status`, list it in ``TERMINAL`` if a
 run ends there, and add the event's handler to :class:`_Fold`.
 """
 
@@ -26,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -44,10 +59,16 @@ class Status(StrEnum):
     COMPLETED = "COMPLETED"
     STOPPED = "STOPPED"
     FAILED = "FAILED"
+    WAITING_APPROVAL = "WAITING_APPROVAL"
+    APPROVED = "APPROVED"
+    STOPPED_BUDGET = "STOPPED_BUDGET"
+    REJECTED = "REJECTED"
 
 
 #: Statuses in which no run is active; a later ``run_started`` resumes.
 TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.STOPPED, Status.FAILED})
+#: Governance statuses: the run ended (paused or refused); a later ``run_started`` resumes.
+TERMINAL |= {Status.WAITING_APPROVAL, Status.APPROVED, Status.STOPPED_BUDGET, Status.REJECTED}
 
 
 class FrozenDict(dict):
@@ -130,6 +151,18 @@ class RunState:
     last_seq: int = 0
     last_event_type: str | None = None
     last_event_ts: datetime | None = None
+    #: Latest evidence events (never change ``status``): None before the first
+    #: ``evidence_built``, else {"built": {...}, "uploaded": {...} | None,
+    #: "upload_failed": {...} | None}, each the event's payload plus its ``ts``.
+    evidence: Mapping[str, Any] | None = None
+    #: approval step → last decision {decision: approved|rejected, approver, comment, iteration, ts}
+    approvals: Mapping[str, Mapping[str, Any]] = _EMPTY
+    #: The approval step the job waits for (set by approval_requested/escalated).
+    pending_approval: str | None = None
+    #: iteration → {gate: reason} for gates skipped by the failure policy
+    gate_skips: Mapping[int, Mapping[str, str]] = _EMPTY
+    #: Job ids of children spawned by this job, in order.
+    children: tuple[str, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -261,6 +294,71 @@ class _Fold:
 
     def _on_run_failed(self, p: Any, ts: datetime) -> None:
         self._finish(Status.FAILED, p.code, ts)
+
+    # -- governance (budget, gate-failure policy, approvals) ----------------------
+    # These mappings are rebuilt copy-on-write (few events), so _Fold's
+    # thaw/freeze lists need no entry for them.
+
+    def _on_stopped_budget(self, p: Any, ts: datetime) -> None:
+        self._finish(Status.STOPPED_BUDGET, p.reason, ts)
+
+    def _wait_for(self, step: str, ts: datetime) -> None:
+        self.v["pending_approval"] = step
+        self._finish(Status.WAITING_APPROVAL, step, ts)
+
+    def _on_escalated(self, p: Any, ts: datetime) -> None:
+        self._wait_for(p.step, ts)
+
+    def _on_approval_requested(self, p: Any, ts: datetime) -> None:
+        self._wait_for(p.step, ts)
+
+    def _decide(self, p: Any, decision: str, ts: datetime) -> None:
+        # An approval given without an iteration (the CLI) applies from the current one on.
+        iteration = p.iteration if p.iteration is not None else self.v["iteration"]
+        record = {"decision": decision, "approver": p.approver, "comment": p.comment, "iteration": iteration}
+        record["ts"] = ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.v["approvals"] = FrozenDict({**self.v["approvals"], p.step: _freeze(record)})
+        if self.v["pending_approval"] == p.step:
+            self.v["pending_approval"] = None
+
+    def _on_approved(self, p: Any, ts: datetime) -> None:
+        waiting = self.v["status"] == Status.WAITING_APPROVAL and self.v["pending_approval"] == p.step
+        self._decide(p, "approved", ts)
+        if waiting:
+            self.v.update(status=Status.APPROVED, stop_reason=p.step)
+
+    def _on_rejected(self, p: Any, ts: datetime) -> None:
+        self._decide(p, "rejected", ts)
+        self._finish(Status.REJECTED, p.step, ts)
+
+    def _on_child_spawned(self, p: Any, ts: datetime) -> None:
+        if p.child_job_id not in self.v["children"]:
+            self.v["children"] = self.v["children"] + (p.child_job_id,)
+
+    def _on_gate_skipped(self, p: Any, ts: datetime) -> None:
+        skips = self.v["gate_skips"]
+        inner = FrozenDict({**skips.get(p.iteration, _EMPTY), p.gate: p.reason})
+        self.v["gate_skips"] = FrozenDict({**skips, p.iteration: inner})
+
+    # -- evidence (C3): status never changes; copy-on-write like governance ------
+
+    def _evidence(self, key: str, p: Any, ts: datetime, **reset: None) -> None:
+        record = {**p.model_dump(mode="json"), "ts": ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        current = self.v["evidence"] or {"built": None, "uploaded": None, "upload_failed": None}
+        self.v["evidence"] = _freeze({**current, **reset, key: record})
+
+    def _on_evidence_built(self, p: Any, ts: datetime) -> None:
+        previous = (self.v["evidence"] or {}).get("built")
+        if previous is not None and previous.get("sha256") == p.sha256:
+            self._evidence("built", p, ts)  # the same bundle again: its upload still stands
+        else:
+            self._evidence("built", p, ts, uploaded=None, upload_failed=None)
+
+    def _on_evidence_uploaded(self, p: Any, ts: datetime) -> None:
+        self._evidence("uploaded", p, ts, upload_failed=None)
+
+    def _on_evidence_upload_failed(self, p: Any, ts: datetime) -> None:
+        self._evidence("upload_failed", p, ts)
 
 
 def apply(state: RunState, event: Event) -> RunState:

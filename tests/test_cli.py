@@ -239,3 +239,57 @@ def test_plan_prints_the_compiled_plan_and_runs_nothing(tmp_path):
     assert doc["budgets"]["tokens"] == 1000
     # Nothing ran and nothing was written.
     assert not marker.exists() and not (tmp_path / "ws").exists() and not (tmp_path / ".maestro").exists()
+
+
+def test_bad_workspace_input_is_refused_before_prefect_starts(tmp_path):
+    spec = write_job(
+        tmp_path,
+        "name: no-template\ngoal: g\nworkspace: {path: ws, template: missing-dir}\nallowed_tools: [python]\n"
+        "model_policy: {default: m}\nstages: [{id: a, run: [python, -c, 'pass']}]\n",
+    )
+    r = longrun_cli("run", str(spec), "--root", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("template_not_found"), r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / ".maestro").exists()
+
+    (tmp_path / "ws").mkdir()  # exists, but is not a git repository
+    r = longrun_cli("run", str(spec), "--json", "--root", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and json.loads(r.stdout)["error"]["code"] == "workspace_missing"
+
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (tmp_path / "link").symlink_to(outside)
+    spec2 = write_job(
+        tmp_path,
+        "name: escapes\ngoal: g\nworkspace: {path: link}\nallowed_tools: [python]\n"
+        "model_policy: {default: m}\nstages: [{id: a, run: [python, -c, 'pass']}]\n",
+        name="escape.yaml",
+    )
+    r = longrun_cli("run", str(spec2), "--root", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("path_escape") and "Traceback" not in r.stderr
+
+
+def test_options_before_the_command_and_tail_n(tmp_path):
+    loaded, record = _registered_job(tmp_path)
+    r = longrun_cli("--json", "--root", str(tmp_path), "status", loaded.job_id, cwd=tmp_path.parent)
+    st = json.loads(r.stdout)
+    assert st["status"] == "PENDING" and st["last_event"]["ts"].endswith("Z")
+    assert longrun_cli("tail", loaded.job_id, "-n", "0", "--root", str(tmp_path), cwd=tmp_path).stdout == ""
+    one = longrun_cli("tail", loaded.job_id, "-n", "1", "--json", "--root", str(tmp_path), cwd=tmp_path).stdout
+    assert [json.loads(l)["type"] for l in one.splitlines()] == ["job_registered"]
+    bad = longrun_cli("tail", loaded.job_id, "-n", "-3", "--root", str(tmp_path), cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("usage_error")
+
+
+def test_stored_job_keeps_its_id_when_the_spec_would_hash_differently(tmp_path):
+    """A newer longrun may add defaulted fields; the stored job must keep its id."""
+    from longrun.jobs import find_job
+
+    loaded, record = _registered_job(tmp_path)
+    doc = json.loads(record.paths.spec_file.read_text())
+    # Simulate an older canonical form: same content, different bytes (hash differs).
+    text = json.dumps(doc, indent=1)
+    record.paths.spec_file.chmod(0o644)
+    record.paths.spec_file.write_text(text + "\n")
+    again = find_job(tmp_path, loaded.job_id).load()
+    assert again.job_id == loaded.job_id and again.canonical == text
+    assert again.spec == loaded.spec

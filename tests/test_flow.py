@@ -85,7 +85,7 @@ def test_example_completes_in_two_iterations_with_checkpoints(prefect_server, ex
     state = Journal(paths.events_file).state()
     assert state.status == "COMPLETED" and state.iterations_finished == 2
     assert [e.type for e in evs].count("stage_finished") == 4
-    assert evs[-1].type == "run_completed"
+    assert [e.type for e in evs][-2:] == ["run_completed", "evidence_built"]
 
     # The spec is stored canonically and immutably beside the runs.
     assert json.loads(paths.spec_file.read_text())["name"] == "fix-failing-test"
@@ -174,7 +174,7 @@ stop_conditions: {{max_iterations: 3}}
     out = run_flow(spec, tmp_path)
     assert (out["status"], out["reason"], out["iterations"]) == ("STOPPED", "max_iterations", 3)
     assert (tmp_path / "ws" / "n.txt").read_text() == "123"
-    last = events(tmp_path, out["job_id"])[-1]
+    last = [e for e in events(tmp_path, out["job_id"]) if e.type != "evidence_built"][-1]
     assert last.type == "run_stopped" and last.payload.detail == {"limit": 3, "iterations": 3}
 
 
@@ -254,7 +254,7 @@ stop_conditions: {{max_wall_time: 1}}
     out = run_flow(spec, tmp_path)
     assert (out["status"], out["reason"]) == ("STOPPED", "max_wall_time")
     assert not (tmp_path / "ws" / "after").exists()
-    last = events(tmp_path, out["job_id"])[-1]
+    last = [e for e in events(tmp_path, out["job_id"]) if e.type != "evidence_built"][-1]
     assert last.payload.detail["limit_s"] == 1 and last.payload.detail["elapsed_s"] >= 1.5
 
 
@@ -289,3 +289,48 @@ quality_gates:
     assert finished["fails"].exit_code == 3
     assert finished["dependent"].exit_code is None and not (tmp_path / "ws" / "dependent-ran").exists()
     assert (tmp_path / "ws" / "tried").read_text() == "xx"
+
+
+def test_no_required_gate_never_completes_and_bad_usage_fails_cleanly(prefect_server, tmp_path):
+    spec = write_job(
+        tmp_path,
+        f"""
+name: gateless
+goal: nothing proves completion
+workspace: {{path: ws, template: template}}
+allowed_tools: [{PY}]
+model_policy: {{default: m}}
+stages:
+  - {{id: work, run: [{PY}, -c, "import os; open('n.txt','a').write(os.environ['LONGRUN_ITERATION'])"]}}
+stop_conditions: {{max_iterations: 2}}
+""",
+    )
+    out = run_flow(spec, tmp_path)
+    assert (out["status"], out["reason"], out["iterations"]) == ("STOPPED", "max_iterations", 2)
+
+    bad = write_job(
+        tmp_path / "b" if (tmp_path / "b").mkdir() is None else tmp_path,
+        f"""
+name: bad-usage
+goal: a stage prints a non-number where the regex expects spend
+workspace: {{path: ws2, template: template}}
+allowed_tools: [{PY}]
+model_policy: {{default: m}}
+stages:
+  - id: spend
+    run: [{PY}, -c, "print('cost: 1,234 dollars')"]
+    usage: {{usd_regex: 'cost: ([^ ]+)'}}
+quality_gates:
+  required:
+    - {{id: ok, kind: command_pass, run: [{PY}, -c, "pass"]}}
+""",
+    )
+    from longrun.flows.job import job_flow
+
+    loaded = load_spec(bad)
+    state = job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(tmp_path), source=str(loaded.source), return_state=True)
+    assert state.is_failed() and state.message.startswith("usage_invalid")
+    js = Journal(JobPaths(tmp_path, loaded.job_id).events_file)
+    last = js.read()[-1]
+    assert last.type == "run_failed" and last.payload.code == "usage_invalid" and "'1,234'" in last.payload.message
+    assert js.state().status == "FAILED"

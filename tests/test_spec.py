@@ -479,3 +479,18 @@ def test_yaml_booleans_are_yaml_1_2_only():
     assert spec.stages[0].shell is False
     assert spec.stages[0].env == {"FLAG": "yes"}
     assert spec.quality_gates.required[0].id == "no"
+
+
+def test_stage_and_gate_env_cannot_override_engine_variables():
+    from longrun.errors import SpecError
+    from longrun.spec.loader import parse_spec_text
+
+    with pytest.raises(SpecError) as exc:
+        parse_spec_text(
+            "name: x\ngoal: g\nallowed_tools: [python]\nmodel_policy: {default: m}\n"
+            "stages: [{id: a, run: [python], env: {LONGRUN_JOB_ID: fake, OK: '1'}}]\n"
+            "quality_gates: {required: [{id: t, kind: command_pass, run: [python], env: {LONGRUN_ITERATION: '9'}}]}\n"
+        )
+    paths = {p.path: p.message for p in exc.value.problems}
+    assert "LONGRUN_JOB_ID" in paths["stages[0].env"]
+    assert "LONGRUN_ITERATION" in paths["quality_gates.required[0].env"]

@@ -118,6 +118,16 @@ class UsageCapture(_Model):
         return v
 
 
+def _no_reserved_env(env: dict[str, str]) -> dict[str, str]:
+    reserved = sorted(k for k in env if k.startswith("LONGRUN_"))
+    if reserved:
+        raise ValueError(f"LONGRUN_* variables are set by the engine and cannot be overridden: {', '.join(reserved)}")
+    return env
+
+
+EnvVars = Annotated[dict[str, str], AfterValidator(_no_reserved_env)]
+
+
 class Stage(_Model):
     id: str = Field(..., pattern=ID_PATTERN, description="Unique stage id; also the Prefect task name.")
     run: list[str] = Field(..., min_length=1, description="argv; argv[0] must be in allowed_tools.")
@@ -126,7 +136,7 @@ class Stage(_Model):
     shell: bool = Field(False, description="Run argv[0] through /bin/sh -c (argv[1] is the script).")
     timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Seconds; defaults to defaults.timeout.")
     retry: RetryPolicy | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
     usage: UsageCapture | None = None
 
     @property
@@ -145,7 +155,7 @@ class _CommandGate(_GateBase):
     run: list[str] = Field(..., min_length=1)
     shell: bool = False
     timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
 
 
 class CommandPassGate(_CommandGate):
@@ -285,6 +295,9 @@ class JobSpec(_Model):
     on_failure: FailurePolicy = Field(default_factory=FailurePolicy)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
     lineage: Lineage | None = None
+    max_generation: int = Field(
+        3, ge=0, le=10, description="How deep spawned jobs may nest (a child of this job has generation + 1)."
+    )
     tags: list[str] = Field(default_factory=list)
 
 
