@@ -34,13 +34,12 @@ from prefect.filesystems import LocalFileSystem
 from longrun import gitutil, worktree
 from longrun.budget import BudgetGovernor, expected_stage_spend
 from longrun.errors import PathEscape
-from longrun.evidence import bundle_paths, manifest_markdown
-from longrun.evidence import verify as verify_bundle
+from longrun.evidence import manifest_markdown
 from longrun.lineage import collect_children, spend_for_root
 from longrun.policy import blocking_approval, judge_iteration
 from longrun.publish import finalize_evidence
 from longrun.scope import check_spec_paths, scope_violations
-from longrun.waiver import strict_check
+from longrun.waiver import strict_report
 from longrun.blocks.checkpoints import CheckpointSerializer, CheckpointStorage
 from longrun.checkpoint import (
     GateResult,
@@ -419,21 +418,6 @@ def _finish(run: _Run, clock: Callable[[], datetime]) -> None:
         else:
             run.emit("run_failed", {"code": "strict_contract_failed", "message": "; ".join(report.problems)})
             say("strict: completion contract FAILED: " + "; ".join(report.problems))
-
-
-def strict_report(root: Path, job_id: str, state: RunState, spec: Any, now: datetime):
-    """The strict-mode release check (G2): checkpoints, gates and a verified bundle, or a waiver."""
-    manifest, tar = bundle_paths(root, job_id)
-
-    def bundle_check() -> list[str]:
-        if not manifest.exists():
-            return ["no evidence bundle (run: longrun evidence " + job_id + ")"]
-        report = verify_bundle(manifest, tar, job_files_root=root)
-        return [f"evidence {m.name}: {m.problem}" for m in report.mismatches]
-
-    return strict_check(
-        root, job_id, state, now, bundle_check=bundle_check, required_gates=[g.id for g in spec.quality_gates.required]
-    )
 
 
 def _evidence_artifacts(rt: JobRuntime, outcome: Any) -> None:

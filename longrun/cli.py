@@ -235,9 +235,17 @@ def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None) -> int
         outcome.update(failure or {"code": "run_crashed", "message": state.message or "the job flow crashed"})
         if outcome["status"] != "FAILED":
             outcome["status"] = "FAILED"
+    evidence = record.state().evidence or {}
+    failed, uploaded = evidence.get("upload_failed"), evidence.get("uploaded")
+    if failed and (not uploaded or failed["ts"] > uploaded["ts"]):
+        outcome["evidence_upload_failed"] = dict(failed)
     _print_outcome(outcome, out)
     if outcome["status"] == "FAILED" and outcome.get("code") in BAD_INPUT_CODES:
         return EXIT_BAD_INPUT
+    if outcome["status"] == "COMPLETED" and "evidence_upload_failed" in outcome:
+        # The job is done and its bundle is kept locally; only the upload must be retried.
+        print(f"evidence upload failed; retry with: longrun evidence push {loaded.job_id}", file=sys.stderr)
+        return EXIT_EVIDENCE_UPLOAD_FAILED
     return STATUS_EXIT.get(outcome["status"], EXIT_FAILED)
 
 

@@ -57,6 +57,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--bundle", default=None, help="the tar.gz to check (default: the one the manifest names, beside it)")
     s.add_argument("--disk", action="store_true", help="for a manifest path: also re-hash the job's files under --root")
     s.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// targets (default: $AWS_ENDPOINT_URL)")
+    s.add_argument(
+        "--strict",
+        action="store_true",
+        help="for a job: the release check — COMPLETED, every checkpoint present and hashed, every required gate "
+        "passed and the bundle verified, unless a valid waiver is present (.maestro/waivers/longrun.json)",
+    )
     s.set_defaults(fn=cmd_verify)
 
 
@@ -139,11 +145,36 @@ def cmd_verify(args: argparse.Namespace, out: Any) -> int:
 
     root = _root(args)
     record = find_job(root, target)
+    if args.strict:
+        return _verify_strict(root, record, out)
     tar_path, manifest_path = bundle_paths(root, record.job_id)
     if not manifest_path.is_file():
         raise EvidenceMissing(f"job {record.job_id} has no evidence bundle yet; build it with: longrun evidence {record.job_id}")
     report = verify(manifest_path, bundle or tar_path, job_files_root=root)
     return _report(report, out, label=f"{record.name} ({record.job_id})")
+
+
+def _verify_strict(root: Path, record: Any, out: Any) -> int:
+    """``verify JOB --strict``: exit 0 only when the strict completion contract holds (or is waived)."""
+    from datetime import UTC, datetime
+
+    from longrun.waiver import strict_report
+
+    loaded = record.load()
+    report = strict_report(root, record.job_id, record.state(), loaded.spec, datetime.now(UTC))
+    doc = report.to_dict() | {"job_id": record.job_id}
+    if out.json:
+        print(json.dumps(doc, sort_keys=True, default=str))
+    elif report.ok:
+        waived = f"; WAIVED by {report.waiver.approved_by} until {report.waiver.expires_at}: {report.waiver.reason}" if report.waived else ""
+        print(f"OK  {record.name} ({record.job_id}): strict completion contract holds{waived}")
+        for problem in report.problems:
+            print(f"  waived: {problem}")
+    else:
+        for problem in report.problems:
+            print(f"VIOLATION {problem}")
+        print(f"FAILED  {record.name} ({record.job_id}): strict completion contract does not hold")
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _verify_s3(uri: str, tmp: Path, endpoint_url: str | None):

@@ -30,13 +30,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from longrun.checkpoint import CHECKPOINT_FILES, sha256_file
 from longrun.errors import LongrunError, PathEscape
 from longrun.paths import JobPaths, safe_join
 from longrun.state import RunState, Status
 
-__all__ = ["WAIVER_PATH", "StrictReport", "Waiver", "check_waiver", "load_waiver", "strict_check"]
+__all__ = ["WAIVER_PATH", "StrictReport", "Waiver", "check_waiver", "load_waiver", "strict_check", "strict_report"]
 
 #: Where the waiver lives, relative to the job root.
 WAIVER_PATH = ".maestro/waivers/longrun.json"
@@ -224,3 +225,23 @@ def strict_check(
         return StrictReport(ok=True, problems=problems, waiver=check_waiver(waiver, now))
     except LongrunError as exc:  # waiver_invalid / waiver_expired: reported, never ok
         return StrictReport(ok=False, problems=[*problems, f"{exc.code}: {exc.message}"])
+
+
+def strict_report(root: Path, job_id: str, state: RunState, spec: Any, now: datetime) -> StrictReport:
+    """The strict-mode release check (G2) for a job: :func:`strict_check` with its bundle verified.
+
+    Used at the end of a strict run and by ``longrun verify JOB --strict``.
+    """
+    from longrun.evidence import bundle_paths, verify
+
+    tar, manifest = bundle_paths(root, job_id)
+
+    def bundle_check() -> list[str]:
+        if not manifest.exists():
+            return [f"no evidence bundle (build it with: longrun evidence {job_id})"]
+        report = verify(manifest, tar, job_files_root=root)
+        return [f"{m.name}: {m.problem}" for m in report.mismatches]
+
+    return strict_check(
+        root, job_id, state, now, bundle_check=bundle_check, required_gates=[g.id for g in spec.quality_gates.required]
+    )

@@ -46,37 +46,6 @@ KEY, SECRET, REGION = "testing", "testing", "us-east-1"
 # ------------------------------------------------------------------ moto server
 
 
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory):
-    """``python -m moto.server`` on 127.0.0.1 and a free port, for the whole session."""
-    log_dir = tmp_path_factory.mktemp("moto")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(log_dir / "moto.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/", timeout=1):
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError("moto server did not start:\n" + (log_dir / "moto.log").read_text()[-3000:])
-        time.sleep(0.1)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
-
-
 def s3_client(endpoint: str):
     """An independent boto3 client (default retries), for setup and checks."""
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET, region_name=REGION)
