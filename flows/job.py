@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -26,6 +28,9 @@ from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from longrun.flows import approvals
+from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
 from prefect.states import Failed
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext, get_run_context
@@ -59,6 +64,7 @@ from longrun.jobs import JobRecord, ensure_workspace, find_job, outcome_dict, re
 from longrun.journal import Journal
 from longrun.runtime import JobRuntime
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for
+from longrun.spec.models import Approval
 from longrun.spec.loader import validate_spec_data
 from longrun.stages import run_stage, should_retry
 from longrun.state import RunState, apply
@@ -180,6 +186,10 @@ class _Run:
     def emit(self, type_: str, payload: dict[str, Any]) -> None:
         event = self.journal.append(type_, payload, job_id=self.rt.job_id)
         self.state = apply(self.state, event)
+        try:
+            emit_prefect_event(self.rt.job_id, self.rt.spec.name, type_, event.payload.model_dump(mode="json"))
+        except Exception as exc:  # the journal is the record; a lost UI event must not stop the job
+            self.say(f"  (could not emit Prefect event {type_}: {exc})")
 
     def refresh(self) -> None:
         self.state = self.journal.state()
@@ -204,6 +214,7 @@ def run_iterations(
     source: str | None,
     say: Printer = _stderr,
     *,
+    force: bool = False,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
@@ -228,7 +239,15 @@ def run_iterations(
     if (step := blocking_approval(run.state)) is not None:
         say(f"{rt.spec.name} ({rt.job_id}) is waiting for approval {step!r}; approve it with: longrun approve {rt.job_id} --step {step} --approver NAME")
         return _outcome(run)
-    run.emit("run_started", {"run_id": rt.run_id, "flow_run_id": rt.run_id, "resumed": run.state.iteration > 0})
+    if not force and (alive := _live_run(run)) is not None:
+        raise LongrunError(
+            f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({alive}); refusing to start it twice (use --force if that run is gone)",
+            code="job_already_running",
+        )
+    run.emit(
+        "run_started",
+        {"run_id": rt.run_id, "flow_run_id": rt.run_id, "resumed": run.state.iteration > 0, "pid": os.getpid(), "host": socket.gethostname()},
+    )
     if rt.spec.isolation == "worktree":
         wt = worktree.ensure_worktree(rt.repo, rt.job_id, rt.worktree_dir)
         rt = replace(rt, workdir=wt)
@@ -240,6 +259,42 @@ def run_iterations(
         if run.state.is_terminal:
             _finish(run, clock)
     return _outcome(run)
+
+
+def _live_run(run: _Run) -> str | None:
+    """Whether the job's last run is still alive (the journal-level duplicate-run guard).
+
+    A RUNNING status alone does not mean a live run: a SIGKILLed engine leaves
+    it behind. The last ``run_started`` names its flow run, host and pid: on
+    this host the pid must be alive; elsewhere Prefect must still see the flow
+    run as running or paused.
+    """
+    if run.state.status != "RUNNING":
+        return None
+    started = next((e for e in reversed(run.journal.read()) if e.type == "run_started"), None)
+    if started is None:
+        return None
+    extra = started.payload.model_extra or {}
+    pid, host = extra.get("pid"), extra.get("host")
+    if pid is not None and host == socket.gethostname():
+        if pid == os.getpid():
+            return None
+        try:
+            os.kill(int(pid), 0)
+        except (ProcessLookupError, PermissionError, ValueError):
+            return None
+        return f"pid {pid} on {host}, flow run {started.payload.flow_run_id}"
+    if started.payload.flow_run_id and started.payload.flow_run_id != run.rt.run_id:
+        from prefect.client.orchestration import get_client
+
+        try:
+            with get_client(sync_client=True) as client:
+                fr = client.read_flow_run(started.payload.flow_run_id)
+        except Exception:
+            return None
+        if fr.state is not None and (fr.state.is_running() or fr.state.is_paused()):
+            return f"flow run {fr.id} is {fr.state.name}"
+    return None
 
 
 def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], None]) -> None:
@@ -258,6 +313,7 @@ def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], Non
     governor = BudgetGovernor(rt.spec.budgets)
     workspace = rt.workspace
     scoped = any(g.kind == "scope" for g in plan.gates)
+    progress = Progress(rt)
 
     def stop_now() -> bool:
         decision = policy(StopInput(run.state, clock()))
@@ -289,15 +345,10 @@ def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], Non
                 sleep(min(1.0, left))
 
     # A resumed job may have been decided since its last iteration (an approval
-    # gate approved, an escalation answered): judge that iteration again first.
+    # gate approved, an escalation answered): conclude that iteration first.
     last = run.state.iterations_finished
-    if run.state.open_iteration is None and last and run.state.fingerprints:
-        verdict = judge_iteration(run.state, last, plan.gates, rt.spec.on_failure)
-        if verdict.action in ("complete", "abort"):
-            for type_, payload in verdict.events(run.state):
-                run.emit(type_, payload)
-            say(f"iteration {last}: {verdict.action} ({verdict.reason})")
-            return
+    if run.state.open_iteration is None and last and not _conclude(run, last):
+        return
 
     while True:
         if stop_now():
@@ -322,6 +373,12 @@ def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], Non
             done = run.state.stage_done(iteration, stage.id)
             if not done and not budget_allows(expected_stage_spend(run.state, stage.id), f"stage {stage.id}"):
                 return
+            if not done:
+                for a in rt.spec.approvals:
+                    if a.before == stage.id and (a.when == "every_iteration" or iteration == 1):
+                        what = f"run stage {stage.id!r} ({' '.join(stage.argv)}) with model {stage.model}"
+                        if _approve(run, a.step_name, iteration, what) != "approved":
+                            return
             failed_deps = [d for d in stage.depends_on if not stage_results[d].ok]
             if failed_deps:
                 result = StageResult(
@@ -370,30 +427,77 @@ def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], Non
             rt, iteration, [stage_results[s.id] for s in plan.stages], gate_results, patch,
             run.state.usd_total, run.state.tokens_total,
         )
-        verdict = judge_iteration(run.state, iteration, plan.gates, rt.spec.on_failure)
-        events = verdict.events(run.state)
-        for type_, payload in events:
-            if type_ == "gate_skipped":
-                run.emit(type_, payload)
         if iteration not in run.state.checkpoints:
             run.emit(
                 "checkpoint_written",
                 {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests},
             )
         if run.state.open_iteration == iteration:
-            run.emit(
-                "iteration_finished",
-                {"iteration": iteration, "gates_passed": verdict.gates_passed, "fingerprint": ckpt.fingerprint},
-            )
+            passed = judge_iteration(run.state, iteration, plan.gates, rt.spec.on_failure).gates_passed
+            run.emit("iteration_finished", {"iteration": iteration, "gates_passed": passed, "fingerprint": ckpt.fingerprint})
         if rt.workdir is not None:
             worktree.commit_all(rt.workdir, f"longrun {rt.job_id}: iteration {iteration}")
         say(f"  checkpoint   {rt.paths.iteration_dir(iteration)}")
-        for type_, payload in events:
-            if type_ != "gate_skipped":
-                run.emit(type_, payload)
-        if verdict.action != "retry":
-            say(f"{verdict.action} after {iteration} iteration(s): {verdict.reason}")
+        _ui(lambda: iteration_artifacts(rt, iteration, ckpt.files["summary.md"], gate_results), say)
+        _ui(lambda: progress.update(run.state), say)
+        if not _conclude(run, iteration):
+            _ui(lambda: progress.update(run.state), say)
             return
+
+
+def _conclude(run: _Run, iteration: int) -> bool:
+    """Act on the failure-policy verdict of a finished iteration.
+
+    Returns True to run another iteration, False when the run ends (completed,
+    failed, rejected, or waiting for a human after a timeout).
+    """
+    rt = run.rt
+    plan = rt.plan
+    while True:
+        verdict = judge_iteration(run.state, iteration, plan.gates, rt.spec.on_failure)
+        for type_, payload in verdict.events(run.state):
+            if type_ == "gate_skipped":
+                run.emit(type_, payload)
+        if verdict.action == "retry":
+            return True
+        if verdict.action == "abort":
+            run.emit("run_failed", {"code": verdict.code, "message": verdict.reason})
+            run.say(f"failed after {iteration} iteration(s): {verdict.reason}")
+            return False
+        if verdict.action == "escalate":
+            run.emit("escalated", {"iteration": iteration, "gate": verdict.gate, "reason": verdict.reason, "step": verdict.step})
+            # Approved: the policy grants a fresh round of retries.
+            return _approve(run, verdict.step, iteration, f"continue after gate {verdict.gate!r} failed: {verdict.reason}") == "approved"
+        if verdict.action == "approval":
+            if _approve(run, verdict.step, iteration, f"pass approval gate {verdict.gate!r}") != "approved":
+                return False
+            continue  # judge again: the approval gate now passes
+        for a in rt.spec.approvals:
+            if a.after == "gates" and _approve(run, a.step_name, iteration, "complete the job: all required gates passed") != "approved":
+                return False
+        run.emit("run_completed", {"iteration": iteration, "reason": verdict.reason})
+        run.say(f"completed after {iteration} iteration(s): {verdict.reason}")
+        return False
+
+
+def _approve(run: _Run, step: str, iteration: int, what: str) -> str:
+    """An approval checkpoint; timeouts and polling come from the ``approvals`` entry of that step."""
+    entry = next((a for a in run.rt.spec.approvals if a.step_name == step), None)
+    defaults = Approval.model_fields
+    timeout = entry.timeout if entry else defaults["timeout"].default
+    poll = entry.poll_interval if entry else defaults["poll_interval"].default
+    return approvals.checkpoint(
+        run, step, iteration, timeout=timeout, poll_interval=poll,
+        description=approvals.describe(run.rt, step, iteration, what=what, state=run.state),
+    )
+
+
+def _ui(fn: Callable[[], Any], say: Printer) -> None:
+    """Artifacts tell the run in the UI; failing to publish one must not stop the job."""
+    try:
+        fn()
+    except Exception as exc:
+        say(f"  (could not publish a Prefect artifact: {exc})")
 
 
 def _finish(run: _Run, clock: Callable[[], datetime]) -> None:
@@ -508,7 +612,7 @@ def _outcome_from(rt: JobRuntime) -> dict[str, Any]:
 
 @flow(name="longrun-job", persist_result=False, validate_parameters=False)
 def longrun_job(
-    spec: dict[str, Any], root: str = ".", source: str | None = None, job_id: str | None = None
+    spec: dict[str, Any], root: str = ".", source: str | None = None, job_id: str | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Run a longrun job (the canonical spec) under ``root`` until it completes or stops.
 
@@ -526,7 +630,7 @@ def longrun_job(
     ctx = get_run_context()
     rt = JobRuntime(loaded=loaded, root=root_path, run_id=str(ctx.flow_run.id))
     try:
-        return run_iterations(rt, source)
+        return run_iterations(rt, source, force=force)
     except LongrunError as exc:
         # Expected failures end the flow run as Failed with the code, not a traceback.
         _journal_failure(rt, exc.code, exc.message)

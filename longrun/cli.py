@@ -52,7 +52,7 @@ STATUS_EXIT = {
 #: Error codes with an exit code of their own (evidence: longrun.cli_evidence).
 CODE_EXIT = {"evidence_upload_failed": EXIT_EVIDENCE_UPLOAD_FAILED, "evidence_store_error": EXIT_EVIDENCE_UPLOAD_FAILED}
 EVIDENCE_BAD_INPUT_CODES = {
-    "usage_error", "approval_step_unknown", "apply_nothing", "workspace_dirty","evidence_missing", "evidence_store_invalid"}
+    "usage_error", "approval_step_unknown", "job_already_running", "apply_nothing", "workspace_dirty","evidence_missing", "evidence_store_invalid"}
 
 BAD_INPUT_CODES = {
     "job_invalid_spec", "job_not_found", "job_id_invalid", "path_escape", "tool_not_allowed",
@@ -209,7 +209,7 @@ def preflight(loaded, root: Path) -> None:
         raise LongrunError(f"workspace template {template} is not a directory", code="template_not_found")
 
 
-def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None) -> int:
+def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None, force: bool = False) -> int:
     """Run the job's flow in this process and report its outcome from the journal."""
     from longrun.jobs import find_job
 
@@ -224,17 +224,22 @@ def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None) -> int
     source = str(loaded.source) if loaded.source else None
     try:
         with tags("longrun", *loaded.spec.tags):
-            state = flow(spec=json.loads(loaded.canonical), root=str(root), source=source, job_id=job_id, return_state=True)
+            state = flow(
+                spec=json.loads(loaded.canonical), root=str(root), source=source, job_id=job_id, force=force, return_state=True
+            )
     except KeyboardInterrupt:
         print("interrupted; resume with: longrun resume " + loaded.job_id, file=sys.stderr)
         return EXIT_INTERRUPTED
     record = find_job(root, loaded.job_id)
     outcome = record.outcome(run_id=str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None)
-    if not state.is_completed():
+    journaled = record.state()
+    if not state.is_completed() and (not journaled.is_terminal or journaled.status == "FAILED"):
+        # The journal is the record; Prefect's state only matters when the
+        # journal could not say how the run ended (a crash). A pause that timed
+        # out fails the flow run in Prefect but leaves the job WAITING_APPROVAL.
         failure = record.last_failure()
         outcome.update(failure or {"code": "run_crashed", "message": state.message or "the job flow crashed"})
-        if outcome["status"] != "FAILED":
-            outcome["status"] = "FAILED"
+        outcome["status"] = "FAILED"
     evidence = record.state().evidence or {}
     failed, uploaded = evidence.get("upload_failed"), evidence.get("uploaded")
     if failed and (not uploaded or failed["ts"] > uploaded["ts"]):
@@ -272,7 +277,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
     if state is not None and state.status == "COMPLETED":
         _print_outcome(find_job(root, loaded.job_id).outcome(), out)
         return EXIT_OK
-    return _run_flow(loaded, root, out)
+    return _run_flow(loaded, root, out, force=args.force)
 
 
 def cmd_resume(args: argparse.Namespace, out: Out) -> int:
@@ -297,7 +302,7 @@ def cmd_resume(args: argparse.Namespace, out: Out) -> int:
     root_stop = root / ".maestro" / "STOP"
     if root_stop.exists():
         print(f"note: the root-wide stop file {root_stop} is present; the job stops again until it is removed", file=sys.stderr)
-    return _run_flow(loaded, root, out, job_id=record.job_id)
+    return _run_flow(loaded, root, out, job_id=record.job_id, force=args.force)
 
 
 def _registered_source(record) -> str | None:
@@ -432,7 +437,12 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_approve(args: argparse.Namespace, out: Out) -> int:
-    """Journal an approval decision; ``longrun resume JOB`` then continues the job."""
+    """Decide an approval step.
+
+    If the job's flow run is paused at that step, resume it with the decision
+    (the run journals it). Otherwise journal the decision; ``longrun resume``
+    then continues the job.
+    """
     from longrun.jobs import find_job
     from longrun.policy import approval_status
 
@@ -444,6 +454,17 @@ def cmd_approve(args: argparse.Namespace, out: Out) -> int:
     if pending is None and approval_status(state, args.step) == "pending":
         raise LongrunError(f"{record.name} ({record.job_id}) is not waiting for step {args.step!r}", code="approval_step_unknown")
     decision = "rejected" if args.reject else "approved"
+    request = next(
+        (e for e in reversed(record.journal.read()) if e.type == "approval_requested" and e.payload.step == args.step), None
+    )
+    if request is not None and state.status == "WAITING_APPROVAL" and _resume_paused(request, args):
+        flow_run = request.payload.model_extra.get("flow_run_id")
+        out.emit(
+            f"{decision} step {args.step!r} of {record.name} ({record.job_id}) by {args.approver}: "
+            f"resumed paused flow run {flow_run}",
+            {"job_id": record.job_id, "step": args.step, "decision": decision, "approver": args.approver, "resumed_flow_run": flow_run},
+        )
+        return EXIT_OK
     record.journal.append(
         decision,
         {"step": args.step, "iteration": state.iteration or None, "approver": args.approver, "comment": args.comment},
@@ -456,6 +477,30 @@ def cmd_approve(args: argparse.Namespace, out: Out) -> int:
         {"job_id": record.job_id, "step": args.step, "decision": decision, "approver": args.approver, "status": str(after.status)},
     )
     return EXIT_OK
+
+
+def _resume_paused(request, args: argparse.Namespace) -> bool:
+    """Resume the paused flow run named in ``approval_requested``; False if it is not paused (any more)."""
+    extra = request.payload.model_extra or {}
+    flow_run_id, api_url = extra.get("flow_run_id"), extra.get("api_url")
+    if not flow_run_id:
+        return False
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    from uuid import UUID
+
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    run_input = {"decision": "reject" if args.reject else "approve", "approver": args.approver, "comment": args.comment}
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
+    try:
+        with temporary_settings(updates=updates):
+            resume_flow_run(UUID(flow_run_id), run_input=run_input)
+    except Exception as exc:  # not paused any more, server gone: the journal is the fallback
+        print(f"note: could not resume flow run {flow_run_id} ({type(exc).__name__}: {exc}); journaling the decision", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_apply(args: argparse.Namespace, out: Out) -> int:
@@ -511,10 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", parents=[common], help="run (or continue) the job a spec describes")
     s.add_argument("path", metavar="PATH")
+    s.add_argument("--force", action="store_true", help="start even if the journal says another run of this job is alive")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("resume", parents=[common], help="continue a stopped or crashed job")
     s.add_argument("job", metavar="JOB")
+    s.add_argument("--force", action="store_true", help="start even if the journal says another run of this job is alive")
     s.set_defaults(fn=cmd_resume)
 
     s = sub.add_parser("stop", parents=[common], help="ask a running job to stop before its next stage")
@@ -548,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job", metavar="JOB")
     s.set_defaults(fn=cmd_apply)
 
+    from longrun.cli_deploy import register as register_deploy
+
+    register_deploy(sub, common)
     from longrun.cli_evidence import register as register_evidence
 
     register_evidence(sub, common)

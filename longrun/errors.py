@@ -175,6 +175,7 @@ STABLE_CODES: tuple[str, ...] = (
     "run_crashed",
     "usage_error",
     "approval_step_unknown",
+    "job_already_running",
     "apply_nothing",
     "strict_contract_failed",
     "evidence_missing",

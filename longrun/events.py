@@ -213,6 +213,14 @@ class GateSkipped(Payload):
     reason: str
 
 
+class ApprovalTimeout(Payload):
+    """Nobody decided within the approval's timeout; the job waits (resume it after approving)."""
+
+    step: str
+    iteration: int | None = None
+    timeout_s: float | None = None
+
+
 class ChildSpawned(Payload):
     """A stage wrote a child spec into ``LONGRUN_SPAWN_DIR``; it was validated and registered."""
 
@@ -356,6 +364,11 @@ class GateSkippedEvent(Event):
     payload: GateSkipped
 
 
+class ApprovalTimeoutEvent(Event):
+    type: Literal["approval_timeout"] = "approval_timeout"
+    payload: ApprovalTimeout
+
+
 class ChildSpawnedEvent(Event):
     type: Literal["child_spawned"] = "child_spawned"
     payload: ChildSpawned
@@ -438,6 +451,7 @@ _EVENT_CLASSES: tuple[type[Event], ...] = (
     EscalatedEvent,
     GateSkippedEvent,
     ChildSpawnedEvent,
+    ApprovalTimeoutEvent,
     ApprovalRequestedEvent,
     ApprovedEvent,
     RejectedEvent,

@@ -331,6 +331,9 @@ class _Fold:
         self._decide(p, "rejected", ts)
         self._finish(Status.REJECTED, p.step, ts)
 
+    def _on_approval_timeout(self, p: Any, ts: datetime) -> None:
+        """The wait ended unanswered; the job stays WAITING_APPROVAL for ``p.step``."""
+
     def _on_child_spawned(self, p: Any, ts: datetime) -> None:
         if p.child_job_id not in self.v["children"]:
             self.v["children"] = self.v["children"] + (p.child_job_id,)

@@ -215,17 +215,24 @@ class StopConditions(_Model):
 
 
 class Approval(_Model):
+    """A human checkpoint: the flow pauses (``pause_flow_run``) until someone decides."""
+
     before: str | None = Field(None, description="Stage id to pause before.")
-    after: Literal["gates"] | None = None
-    step: str | None = Field(None, pattern=ID_PATTERN)
+    after: Literal["gates"] | None = Field(None, description="'gates': a final approval before completion.")
+    step: str | None = Field(None, pattern=ID_PATTERN, description="Name of the step; default before-<stage> / after-gates.")
     when: Literal["first_iteration", "every_iteration"] = "first_iteration"
-    timeout: float | None = Field(None, gt=0)
+    timeout: float = Field(3600, gt=0, le=30 * 24 * 3600, description="Seconds to wait before approval_timeout.")
+    poll_interval: float = Field(2, ge=1, le=600, description="Seconds between checks while paused.")
 
     @model_validator(mode="after")
     def _one_anchor(self) -> "Approval":
         if (self.before is None) == (self.after is None):
             raise ValueError("set exactly one of 'before' (a stage id) or 'after: gates'")
         return self
+
+    @property
+    def step_name(self) -> str:
+        return self.step or (f"before-{self.before}" if self.before else "after-gates")
 
 
 class Schedule(_Model):

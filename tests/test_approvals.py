@@ -1,0 +1,141 @@
+"""Approvals on Prefect's pause_flow_run: decided by the CLI, by the REST API, rejected, timed out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from longrun.journal import Journal
+from longrun.paths import JobPaths
+from longrun.spec import load_spec
+
+from conftest import longrun_cli, write_job
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+
+SPEC = """
+name: {name}
+goal: ask a human before the work and before completion
+workspace: {{path: ws, template: template}}
+allowed_tools: [python]
+model_policy: {{default: m}}
+approvals:
+  - {{before: work, timeout: {timeout}, poll_interval: 1}}
+  - {{after: gates, step: release, timeout: {timeout}, poll_interval: 1}}
+stages:
+  - {{id: work, run: [python, -c, "open('ran.txt', 'a').write('x')"]}}
+quality_gates:
+  required:
+    - {{id: made, kind: artifact_exists, path: ran.txt}}
+"""
+
+
+def start(tmp_path: Path, cli_env: dict, name: str, timeout: int = 120):
+    spec = write_job(tmp_path, SPEC.format(name=name, timeout=timeout))
+    job_id = load_spec(spec).job_id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longrun.cli", "run", str(spec), "--json", "--root", str(tmp_path)],
+        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    return spec, job_id, proc, Journal(JobPaths(tmp_path, job_id).events_file)
+
+
+def wait_for_request(journal: Journal, step: str, proc, deadline_s: float = 90):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if journal.path.exists():
+            reqs = [e for e in journal.read() if e.type == "approval_requested" and e.payload.step == step]
+            if reqs and _paused(reqs[-1]):
+                return reqs[-1]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.3)
+    raise AssertionError(f"no pause for {step}")
+
+
+def _paused(request) -> bool:
+    extra = request.payload.model_extra
+    with urllib.request.urlopen(f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}", timeout=5) as r:
+        return json.load(r)["state"]["type"] == "PAUSED"
+
+
+def decisions(journal: Journal):
+    return [(e.type, e.payload.step, e.payload.approver, e.payload.comment) for e in journal.read() if e.type in ("approved", "rejected")]
+
+
+def test_approve_by_cli_both_checkpoints(cli_env, tmp_path):
+    spec, job_id, proc, journal = start(tmp_path, cli_env, "ok-by-cli")
+    wait_for_request(journal, "before-work", proc)
+    assert not (tmp_path / "ws" / "ran.txt").exists()  # nothing ran before the approval
+    a = longrun_cli("approve", job_id, "--step", "before-work", "--approver", "alice", "--comment", "go", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert a.returncode == 0 and "resumed paused flow run" in a.stdout, a.stderr
+    req = wait_for_request(journal, "release", proc)
+    assert req.payload.model_extra["key"] == "release-1-1"
+    b = longrun_cli("approve", job_id, "--step", "release", "--approver", "bob", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert b.returncode == 0, b.stderr
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "COMPLETED"
+    assert decisions(journal) == [("approved", "before-work", "alice", "go"), ("approved", "release", "bob", "")]
+    assert (tmp_path / "ws" / "ran.txt").read_text() == "x"
+    # Each pause had its own key, so neither was skipped by Prefect's pause-key reuse rule.
+    keys = [e.payload.model_extra["key"] for e in journal.read() if e.type == "approval_requested"]
+    assert keys == ["before-work-1-1", "release-1-1"]
+
+
+def test_approve_by_rest_api(cli_env, tmp_path):
+    spec, job_id, proc, journal = start(tmp_path, cli_env, "ok-by-rest")
+    for step, approver in (("before-work", "carol"), ("release", "dave")):
+        req = wait_for_request(journal, step, proc)
+        extra = req.payload.model_extra
+        body = json.dumps({"run_input": {"decision": "approve", "approver": approver, "comment": "via REST"}}).encode()
+        r = urllib.request.urlopen(urllib.request.Request(
+            f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}/resume", data=body, method="POST",
+            headers={"content-type": "application/json"}), timeout=10)
+        assert json.load(r)["status"] == "ACCEPT"
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert decisions(journal) == [("approved", "before-work", "carol", "via REST"), ("approved", "release", "dave", "via REST")]
+
+
+def test_reject_ends_the_run_rejected(cli_env, tmp_path):
+    spec, job_id, proc, journal = start(tmp_path, cli_env, "rejected")
+    wait_for_request(journal, "before-work", proc)
+    r = longrun_cli("approve", job_id, "--step", "before-work", "--approver", "erin", "--reject", "--comment", "not today",
+                    "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert r.returncode == 0, r.stderr
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5, err
+    assert json.loads(out)["status"] == "REJECTED"
+    assert decisions(journal) == [("rejected", "before-work", "erin", "not today")]
+    assert not (tmp_path / "ws" / "ran.txt").exists()
+    again = longrun_cli("resume", job_id, "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert again.returncode == 5 and not (tmp_path / "ws" / "ran.txt").exists()
+
+
+def test_timeout_is_journaled_and_the_job_resumes_after_approval(cli_env, tmp_path):
+    spec, job_id, proc, journal = start(tmp_path, cli_env, "timed-out", timeout=3)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 6, err
+    assert json.loads(out)["status"] == "WAITING_APPROVAL"
+    types = [e.type for e in journal.read()]
+    assert "approval_timeout" in types and "stage_started" not in types
+    a = longrun_cli("approve", job_id, "--step", "before-work", "--approver", "frank", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert a.returncode == 0 and "longrun resume" in a.stdout, a.stdout + a.stderr
+    # The second checkpoint (release) must be answered while the resumed run waits.
+    proc2 = subprocess.Popen(
+        [sys.executable, "-m", "longrun.cli", "resume", job_id, "--json", "--root", str(tmp_path)],
+        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for_request(journal, "release", proc2)
+    longrun_cli("approve", job_id, "--step", "release", "--approver", "grace", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    out2, err2 = proc2.communicate(timeout=120)
+    assert proc2.returncode == 0, err2
+    assert json.loads(out2)["status"] == "COMPLETED"
+    assert decisions(journal) == [("approved", "before-work", "frank", ""), ("approved", "release", "grace", "")]
+    assert (tmp_path / "ws" / "ran.txt").read_text() == "x"
