@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
@@ -60,32 +60,43 @@ def checkpoint(
     timeout: float,
     poll_interval: float,
     description: str,
+    mode: str = "pause",
 ) -> Decision:
     """Wait for a human decision on ``step`` in ``iteration``; journal it; return it."""
     if (done := decided(run.state, step, iteration)) is not None:
         return done  # decided before (e.g. approved by the CLI while no run was active)
     from prefect.client.orchestration import get_client
 
-    requests = sum(
-        1 for e in run.journal.read() if e.type == "approval_requested" and e.payload.step == step and e.payload.iteration == iteration
-    )
-    # Prefect keys: lowercase letters, digits and dashes only.
-    slug = "-".join(filter(None, "".join(c if c.isalnum() else "-" for c in step.lower()).split("-")))
-    key = f"{slug}-{iteration}-{requests + 1}"
-    with get_client(sync_client=True) as client:
-        api_url = str(client.api_url).rstrip("/")
-    payload = {
-        "step": step, "iteration": iteration, "key": key, "flow_run_id": run.rt.run_id,
-        "api_url": api_url, "timeout_s": timeout,
-    }
-    run.emit("approval_requested", payload)
+    requests = [
+        e for e in run.journal.read() if e.type == "approval_requested" and e.payload.step == step and e.payload.iteration == iteration
+    ]
+    ours = requests[-1] if requests and (requests[-1].payload.model_extra or {}).get("flow_run_id") == run.rt.run_id else None
+    if ours is not None and mode == "suspend":
+        # This flow run suspended here and was resumed: the same key makes
+        # Prefect hand back the input instead of suspending again.
+        key = ours.payload.model_extra["key"]
+    else:
+        # Prefect keys: lowercase letters, digits and dashes only.
+        slug = "-".join(filter(None, "".join(c if c.isalnum() else "-" for c in step.lower()).split("-")))
+        key = f"{slug}-{iteration}-{len(requests) + 1}"
+        with get_client(sync_client=True) as client:
+            api_url = str(client.api_url).rstrip("/")
+        run.emit(
+            "approval_requested",
+            {"step": step, "iteration": iteration, "key": key, "flow_run_id": run.rt.run_id, "api_url": api_url,
+             "timeout_s": timeout, "mode": mode},
+        )
     run.say(
         f"  waiting for approval {step!r} (iteration {iteration}): approve in the Prefect UI, or run\n"
         f"    longrun approve {run.rt.job_id} --step {step} --approver NAME [--reject]"
     )
     form = ApprovalInput.with_initial_data(description=description, decision="approve")
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=int(timeout), poll_interval=int(poll_interval), key=key)
+        if mode == "suspend":
+            # The process exits here (Prefect's Pause signal) and the worker is freed.
+            answer = suspend_flow_run(wait_for_input=form, timeout=int(timeout), key=key)
+        else:
+            answer = pause_flow_run(wait_for_input=form, timeout=int(timeout), poll_interval=int(poll_interval), key=key)
     except FlowPauseTimeout:
         run.emit("approval_timeout", {"step": step, "iteration": iteration, "timeout_s": timeout})
         run.say(f"  approval {step!r} timed out after {timeout:g}s; approve, then: longrun resume {run.rt.job_id}")
@@ -99,6 +110,15 @@ def checkpoint(
         # The run goes on: a new active segment (time spent waiting is not run time).
         run.emit("run_started", {"run_id": run.rt.run_id, "flow_run_id": run.rt.run_id, "resumed": True})
     return decision
+
+
+def suspended_here(run: Any, step: str) -> bool:
+    """True when this flow run itself suspended at ``step`` and has been resumed (suspend mode)."""
+    for e in reversed(run.journal.read()):
+        if e.type == "approval_requested" and e.payload.step == step:
+            extra = e.payload.model_extra or {}
+            return extra.get("mode") == "suspend" and extra.get("flow_run_id") == run.rt.run_id
+    return False
 
 
 def describe(rt: Any, step: str, iteration: int, *, what: str, state: Any) -> str:

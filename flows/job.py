@@ -236,7 +236,7 @@ def run_iterations(
     if status in ("COMPLETED", "REJECTED"):
         say(f"{rt.spec.name} ({rt.job_id}) is {status}; nothing to do")
         return _outcome(run)
-    if (step := blocking_approval(run.state)) is not None:
+    if (step := blocking_approval(run.state)) is not None and not approvals.suspended_here(run, step):
         say(f"{rt.spec.name} ({rt.job_id}) is waiting for approval {step!r}; approve it with: longrun approve {rt.job_id} --step {step} --approver NAME")
         return _outcome(run)
     if not force and (alive := _live_run(run)) is not None:
@@ -487,7 +487,7 @@ def _approve(run: _Run, step: str, iteration: int, what: str) -> str:
     timeout = entry.timeout if entry else defaults["timeout"].default
     poll = entry.poll_interval if entry else defaults["poll_interval"].default
     return approvals.checkpoint(
-        run, step, iteration, timeout=timeout, poll_interval=poll,
+        run, step, iteration, timeout=timeout, poll_interval=poll, mode=entry.mode if entry else "pause",
         description=approvals.describe(run.rt, step, iteration, what=what, state=run.state),
     )
 

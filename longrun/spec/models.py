@@ -223,6 +223,12 @@ class Approval(_Model):
     when: Literal["first_iteration", "every_iteration"] = "first_iteration"
     timeout: float = Field(3600, gt=0, le=30 * 24 * 3600, description="Seconds to wait before approval_timeout.")
     poll_interval: float = Field(2, ge=1, le=600, description="Seconds between checks while paused.")
+    mode: Literal["pause", "suspend"] = Field(
+        "pause",
+        description="pause: the flow run waits in its process. suspend: the process exits and frees its worker; "
+        "on resume the flow re-enters and completed stages come back from their persisted results "
+        "(needs a deployment).",
+    )
 
     @model_validator(mode="after")
     def _one_anchor(self) -> "Approval":
