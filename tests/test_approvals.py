@@ -83,6 +83,8 @@ def test_approve_by_cli_both_checkpoints(cli_env, tmp_path):
     assert json.loads(out)["status"] == "COMPLETED"
     assert decisions(journal) == [("approved", "before-work", "alice", "go"), ("approved", "release", "bob", "")]
     assert (tmp_path / "ws" / "ran.txt").read_text() == "x"
+    # Pausing and resuming consumed no stage attempt.
+    assert [e.payload.attempt for e in journal.read() if e.type == "stage_started"] == [1]
     # Each pause had its own key, so neither was skipped by Prefect's pause-key reuse rule.
     keys = [e.payload.model_extra["key"] for e in journal.read() if e.type == "approval_requested"]
     assert keys == ["before-work-1-1", "release-1-1"]
