@@ -90,7 +90,9 @@ def checkpoint(
         f"  waiting for approval {step!r} (iteration {iteration}): approve in the Prefect UI, or run\n"
         f"    longrun approve {run.rt.job_id} --step {step} --approver NAME [--reject]"
     )
-    form = ApprovalInput.with_initial_data(description=description, decision="approve")
+    # Only the description: Prefect 3.8.8 rebuilds every field passed here and
+    # drops its help text, and the class default already is "approve".
+    form = ApprovalInput.with_initial_data(description=description)
     try:
         if mode == "suspend":
             # The process exits here (Prefect's Pause signal) and the worker is freed.
@@ -127,22 +129,20 @@ def describe(rt: Any, step: str, iteration: int, *, what: str, state: Any) -> st
     summary = it_dir / "summary.md"
     patch = it_dir / "patch.diff"
     lines = [
-        f"## Approve `{step}` — {rt.spec.name} (`{rt.job_id}`), iteration {iteration}",
+        f"### Approve `{step}` — {rt.spec.name} (`{rt.job_id}`), iteration {iteration}",
         "",
-        f"**What:** {what}",
-        f"**Goal:** {rt.spec.goal}",
-        f"**Spend so far:** ${state.usd_total:.4f}, {state.tokens_total} tokens",
-        f"**Checkpoint:** `{it_dir}`",
+        f"- **What:** {what}",
+        f"- **Goal:** {rt.spec.goal}",
+        f"- **Spend so far:** ${state.usd_total:.4f}, {state.tokens_total} tokens",
+        f"- **Checkpoint:** `{it_dir}`" + (" (see `summary.md` there)" if summary.is_file() else ""),
     ]
     if patch.is_file():
         from longrun.checkpoint import patch_stats
 
         st = patch_stats(patch.read_text(encoding="utf-8", errors="replace"))
-        lines.append(f"**Patch:** {st['files']} file(s), +{st['added']} −{st['removed']}")
+        lines.append(f"- **Patch:** {st['files']} file(s), +{st['added']} −{st['removed']}")
     gates = state.gate_results.get(iteration, {})
     if gates:
         lines += ["", "| gate | result |", "|---|---|"]
         lines += [f"| {g} | {'PASS' if r['passed'] else 'FAIL'} |" for g, r in gates.items()]
-    if summary.is_file():
-        lines += ["", "<details><summary>summary.md</summary>", "", summary.read_text(encoding="utf-8"), "</details>"]
     return "\n".join(lines)
