@@ -64,7 +64,11 @@ def checkpoint(
 ) -> Decision:
     """Wait for a human decision on ``step`` in ``iteration``; journal it; return it."""
     if (done := decided(run.state, step, iteration)) is not None:
-        return done  # decided before (e.g. approved by the CLI while no run was active)
+        # Decided before (by the CLI while no run was active, or journaled by
+        # the CLI just before it resumed a paused run).
+        if done == "approved" and run.state.status != "RUNNING":
+            run.emit("run_started", {"run_id": run.rt.run_id, "flow_run_id": run.rt.run_id, "resumed": True})
+        return done
     from prefect.client.orchestration import get_client
 
     requests = [

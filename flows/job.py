@@ -117,8 +117,8 @@ def stage_task(rt: JobRuntime, name: str, iteration: int, stage: PlannedStage) -
 
 
 @task(persist_result=True, result_serializer=CheckpointSerializer())
-def gate_task(rt: JobRuntime, name: str, iteration: int, gate: PlannedGate, changed: tuple[str, ...]) -> GateResult:
-    return evaluate_gate(rt, gate, iteration, GateInput(changed_paths=changed))
+def gate_task(rt: JobRuntime, name: str, iteration: int, gate: PlannedGate, inp: GateInput) -> GateResult:
+    return evaluate_gate(rt, gate, iteration, inp)
 
 
 @task(persist_result=True, result_serializer=CheckpointSerializer())
@@ -227,10 +227,9 @@ def run_iterations(
     completion contract check).
     """
     record: JobRecord = register(rt.loaded, rt.root)
-    problems = check_spec_paths(rt.spec, rt.root)
-    if problems:
-        raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+    _check_paths(rt)
     ensure_workspace(rt.loaded, rt.root, Path(source).parent if source else None)
+    _check_paths(rt)  # again: a workspace created from a template may bring symlinks
     run = _Run(rt, record.journal, record.journal.state(), say)
     status = run.state.status
     if status in ("COMPLETED", "REJECTED"):
@@ -259,6 +258,12 @@ def run_iterations(
         if run.state.is_terminal:
             _finish(run, clock)
     return _outcome(run)
+
+
+def _check_paths(rt: JobRuntime) -> None:
+    problems = check_spec_paths(rt.spec, rt.root)
+    if problems:
+        raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
 
 
 def _live_run(run: _Run) -> str | None:
@@ -465,6 +470,8 @@ def _conclude(run: _Run, iteration: int) -> bool:
             run.say(f"failed after {iteration} iteration(s): {verdict.reason}")
             return False
         if verdict.action == "escalate":
+            if approvals.decided(run.state, verdict.step, iteration) == "approved":
+                return True  # answered (while no run was active): go on with the next iteration
             run.emit("escalated", {"iteration": iteration, "gate": verdict.gate, "reason": verdict.reason, "step": verdict.step})
             # Approved: the policy grants a fresh round of retries.
             return _approve(run, verdict.step, iteration, f"continue after gate {verdict.gate!r} failed: {verdict.reason}") == "approved"
@@ -540,7 +547,14 @@ def _register_children(run: _Run, iteration: int) -> None:
         return
     root_job_id = rt.spec.lineage.root_job_id if rt.spec.lineage else rt.job_id
     generation = rt.spec.lineage.generation if rt.spec.lineage else 0
-    for child in collect_children(spawn_dir, rt.loaded, root_job_id, generation, rt.spec.max_generation):
+    limit = rt.spec.max_generation
+    if rt.spec.lineage is not None:
+        # The root's limit bounds the whole tree; a child cannot raise it for its own children.
+        try:
+            limit = min(limit, find_job(rt.root, root_job_id).load().spec.max_generation)
+        except LongrunError:
+            pass
+    for child in collect_children(spawn_dir, rt.loaded, root_job_id, generation, limit):
         if child.job_id in run.state.children:
             continue
         register(child.loaded, rt.root)

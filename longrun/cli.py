@@ -457,24 +457,26 @@ def cmd_approve(args: argparse.Namespace, out: Out) -> int:
     request = next(
         (e for e in reversed(record.journal.read()) if e.type == "approval_requested" and e.payload.step == args.step), None
     )
-    if request is not None and state.status == "WAITING_APPROVAL" and _resume_paused(request, args):
-        flow_run = request.payload.model_extra.get("flow_run_id")
-        out.emit(
-            f"{decision} step {args.step!r} of {record.name} ({record.job_id}) by {args.approver}: "
-            f"resumed paused flow run {flow_run}",
-            {"job_id": record.job_id, "step": args.step, "decision": decision, "approver": args.approver, "resumed_flow_run": flow_run},
-        )
-        return EXIT_OK
+    was_waiting = state.status == "WAITING_APPROVAL"
+    # Journal first: if the paused run's engine is gone, the decision is not lost.
     record.journal.append(
         decision,
-        {"step": args.step, "iteration": state.iteration or None, "approver": args.approver, "comment": args.comment},
+        {"step": args.step, "iteration": (request.payload.iteration if request else None) or state.iteration or None,
+         "approver": args.approver, "comment": args.comment},
         job_id=record.job_id,
     )
+    resumed = request is not None and was_waiting and _resume_paused(request, args)
     after = record.state()
+    flow_run = (request.payload.model_extra or {}).get("flow_run_id") if request else None
+    human = f"{decision} step {args.step!r} of {record.name} ({record.job_id}) by {args.approver}"
+    if resumed:
+        human += f": resumed paused flow run {flow_run}"
+    else:
+        human += f"; status {after.status}" + ("" if args.reject else f"; continue with: longrun resume {record.job_id}")
     out.emit(
-        f"{decision} step {args.step!r} of {record.name} ({record.job_id}) by {args.approver}; status {after.status}"
-        + ("" if args.reject else f"; continue with: longrun resume {record.job_id}"),
-        {"job_id": record.job_id, "step": args.step, "decision": decision, "approver": args.approver, "status": str(after.status)},
+        human,
+        {"job_id": record.job_id, "step": args.step, "decision": decision, "approver": args.approver,
+         "status": str(after.status), "resumed_flow_run": flow_run if resumed else None},
     )
     return EXIT_OK
 
