@@ -545,3 +545,66 @@ def test_deploy_and_trigger_bad_input_exit_2_without_traceback(prefect_server, t
         j = longrun_cli(*args, "--json", cwd=tmp_path, env=env)
         assert j.returncode == 2 and json.loads(j.stdout)["error"]["code"] == code
     assert "schedule.timezone" in longrun_cli("deploy", str(bad), cwd=tmp_path, env=env).stderr
+
+
+SUSPEND_SPEC = """
+name: suspends
+goal: wait for a human without holding the worker
+workspace: {{path: ws, template: template}}
+allowed_tools: [python]
+model_policy: {{default: m}}
+approvals:
+  - {{before: second, mode: suspend, timeout: 600}}
+stages:
+  - {{id: first, run: [python, -c, "open('{counter}', 'a').write('first\\\\n')"]}}
+  - {{id: second, run: [python, -c, "open('{counter}', 'a').write('second\\\\n')"]}}
+quality_gates:
+  required:
+    - {{id: ok, kind: command_pass, run: [python, -c, "pass"]}}
+"""
+
+
+def test_suspend_mode_frees_the_worker_and_resumes_from_persisted_results(worker, prefect_server, tmp_path):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.deployments import run_deployment
+
+    from conftest import write_job
+
+    counter = tmp_path / "counter.txt"
+    spec = write_job(tmp_path, SUSPEND_SPEC.format(counter=counter))
+    env = _env(prefect_server)
+    root = tmp_path / "root"
+    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    job_id = doc["job_id"]
+    journal = Journal(JobPaths(root, job_id).events_file)
+    fr = run_deployment(doc["name"], timeout=0)
+
+    # The run suspends before 'second': its process exits (Prefect shows it Suspended/Paused).
+    deadline = time.monotonic() + 180
+    with _client() as client:
+        while True:
+            state = client.read_flow_run(fr.id).state
+            if state is not None and state.is_paused() and journal.path.exists() and journal.state().status == "WAITING_APPROVAL":
+                break
+            assert time.monotonic() < deadline, (state, worker["log"].read_text()[-3000:])
+            time.sleep(0.5)
+    assert state.name == "Suspended"
+    assert counter.read_text() == "first\n"
+
+    r = longrun_cli("approve", job_id, "--step", "before-second", "--approver", "ops", "--root", str(root), cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "resumed paused flow run" in r.stdout, r.stdout + r.stderr
+    final = _wait_final(fr.id, 180, worker["log"])
+    assert final.state.is_completed(), final.state
+
+    # 'first' ran once: the resumed flow got it back from its persisted result.
+    assert counter.read_text() == "first\nsecond\n"
+    st = journal.state()
+    assert st.status == "COMPLETED"
+    assert [(e.payload.step, e.payload.approver) for e in journal.read() if e.type == "approved"] == [("before-second", "ops")]
+    with _client() as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])), sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50
+        )
+    states = [(t.name, t.state.name) for t in runs]
+    assert ("first#1", "Cached") in states and ("first#1", "Completed") in states, states
