@@ -647,11 +647,16 @@ def longrun_job(
         return run_iterations(rt, source, force=force)
     except LongrunError as exc:
         # Expected failures end the flow run as Failed with the code, not a traceback.
-        _journal_failure(rt, exc.code, exc.message)
+        if exc.code not in REFUSALS:
+            _journal_failure(rt, exc.code, exc.message)
         return Failed(message=f"{exc.code}: {exc.message}", data={**_outcome_from(rt), "code": exc.code, "message": exc.message})
     except Exception as exc:
         _journal_failure(rt, "run_crashed", f"{type(exc).__name__}: {exc}")
         raise
+
+
+#: Refusals to start: the journal belongs to another (live) run and is not touched.
+REFUSALS = frozenset({"job_already_running"})
 
 
 def _journal_failure(rt: JobRuntime, code: str, message: str) -> None:

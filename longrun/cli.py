@@ -230,6 +230,9 @@ def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None, force:
     except KeyboardInterrupt:
         print("interrupted; resume with: longrun resume " + loaded.job_id, file=sys.stderr)
         return EXIT_INTERRUPTED
+    message = state.message or ""
+    if not state.is_completed() and message.startswith("job_already_running: "):
+        raise LongrunError(message.removeprefix("job_already_running: "), code="job_already_running")
     record = find_job(root, loaded.job_id)
     outcome = record.outcome(run_id=str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None)
     journaled = record.state()

@@ -301,3 +301,33 @@ def test_prefect_cli_can_list_runs_on_the_pinned_server(cli_env, tmp_path):
     r = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "ls"], env=cli_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "422" not in r.stdout + r.stderr
+
+
+@pytest.mark.prefect
+def test_a_running_job_is_not_started_twice(cli_env, tmp_path):
+    spec = write_job(
+        tmp_path,
+        "name: busy\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
+        "model_policy: {default: m}\nstages: [{id: slow, run: [python, -c, 'import time; time.sleep(60)']}]\n"
+        "quality_gates: {required: [{id: ok, kind: command_pass, run: [python, -c, 'pass']}]}\n",
+    )
+    job_id = load_spec(spec).job_id
+    first = subprocess.Popen(
+        [sys.executable, "-m", "longrun.cli", "run", str(spec), "--root", str(tmp_path)],
+        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        journal = Journal(tmp_path / ".maestro" / "jobs" / job_id / "events.jsonl")
+        deadline = time.monotonic() + 90
+        while not (journal.path.exists() and any(e.type == "stage_started" for e in journal.read())):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.2)
+        second = longrun_cli("run", str(spec), "--json", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+        assert second.returncode == 2, second.stdout + second.stderr
+        err = json.loads(second.stdout)["error"]
+        assert err["code"] == "job_already_running" and f"pid {first.pid}" in err["message"]
+        assert journal.state().status == "RUNNING"  # the live run's journal is untouched
+        assert [e.type for e in journal.read()].count("run_started") == 1  # the refused run journaled no start
+    finally:
+        first.kill()
+        first.wait(timeout=30)

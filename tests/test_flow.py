@@ -97,6 +97,18 @@ def test_example_completes_in_two_iterations_with_checkpoints(prefect_server, ex
     for n in ("plan#1", "execute#1", "gate-tests#1", "checkpoint#1", "plan#2", "execute#2", "checkpoint#2"):
         assert names[n] == "Completed", (n, names)
 
+    # The run's evidence bundle verifies; one changed byte is caught and named.
+    from longrun.evidence import bundle_paths, verify
+
+    tar, manifest = bundle_paths(tmp_path, out["job_id"])
+    assert verify(manifest, tar, job_files_root=tmp_path).ok
+    summary = it1 / "summary.md"
+    data = bytearray(summary.read_bytes())
+    data[10] ^= 1
+    summary.write_bytes(bytes(data))
+    report = verify(manifest, tar, job_files_root=tmp_path)
+    assert not report.ok and [m.name for m in report.mismatches] == ["checkpoints/1/summary.md"]
+
     # Running a completed job again does nothing.
     again = run_flow(spec_path, tmp_path)
     assert again["status"] == "COMPLETED" and len(events(tmp_path, out["job_id"])) == len(evs)
