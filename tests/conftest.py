@@ -35,51 +35,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PrefectServer:
+    """A real ``prefect server start`` on 127.0.0.1 and a free port, with a throw-away PREFECT_HOME."""
+
+    def __init__(self, home: Path, *, ui: bool = False) -> None:
+        self.home = home
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base}/api"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_URL": self.url,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+            "PREFECT_UI_ENABLED": "true" if ui else "false",
+            **({"PREFECT_UI_API_URL": self.url} if ui else {}),
+        }
+        self.log_path = home / "server.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait(self, ready=None, timeout: float = 120) -> None:
+        """Until ``/api/health`` answers (and ``ready()``, if given, is true)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200 and (ready is None or ready()):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("prefect server did not start:\n" + self.log_path.read_text()[-3000:])
+            time.sleep(0.3)
+
+    def stop(self, grace: float = 20) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": url,
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_UI_ENABLED": "false",
-    }
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
-        time.sleep(0.3)
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home"))
+    server.wait(timeout=90)
 
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home)}):
-        yield {"url": url, "home": str(home), "env": {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}}
-        from prefect.logging.handlers import APILogHandler
-
-        APILogHandler().flush()  # ship buffered run logs while the server is still up
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+        with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_HOME: str(server.home)}):
+            yield {"url": server.url, "home": str(server.home), "env": {"PREFECT_API_URL": server.url, "PREFECT_HOME": str(server.home)}}
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()  # ship buffered run logs while the server is still up
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import free_port, write_job
+from conftest import PrefectServer, write_job
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -116,46 +116,17 @@ def _post_json(url: str, body: dict) -> object:
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory):
     """``prefect server start`` with the UI on, on 127.0.0.1 and a free port."""
-    home = tmp_path_factory.mktemp("prefect-ui-home")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": f"{base}/api",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_UI_ENABLED": "true",
-        "PREFECT_UI_API_URL": f"{base}/api",
-    }
-    log_path = home / "server.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-ui-home"), ui=True)
+
+    def ui_ready() -> bool:
+        status, ctype, body = _get(f"{server.base}/")
+        return status == 200 and "text/html" in ctype and "<html" in body.lower()
+
     try:
-        deadline = time.monotonic() + 120  # the first start copies the UI bundles
-        ready = {"api": False, "ui": False}
-        while not all(ready.values()):
-            try:
-                if not ready["api"]:
-                    ready["api"] = _get(f"{base}/api/health")[0] == 200
-                if ready["api"]:
-                    status, ctype, body = _get(f"{base}/")
-                    ready["ui"] = status == 200 and "text/html" in ctype and "<html" in body.lower()
-            except OSError:
-                pass
-            if all(ready.values()):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server (UI) did not start ({ready}):\n" + log_path.read_text()[-3000:])
-            time.sleep(0.3)
-        yield {"base": base, "api": f"{base}/api", "home": str(home)}
+        server.wait(ui_ready, timeout=120)  # the first start copies the UI bundles
+        yield {"base": server.base, "api": server.url, "home": str(server.home)}
     finally:
-        _stop(proc, grace=20)
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
