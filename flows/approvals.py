@@ -26,6 +26,7 @@ Prefect traps handled here:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from prefect.exceptions import FlowPauseTimeout
@@ -100,9 +101,9 @@ def checkpoint(
     try:
         if mode == "suspend":
             # The process exits here (Prefect's Pause signal) and the worker is freed.
-            answer = suspend_flow_run(wait_for_input=form, timeout=int(timeout), key=key)
+            answer = suspend_flow_run(wait_for_input=form, timeout=math.ceil(timeout), key=key)
         else:
-            answer = pause_flow_run(wait_for_input=form, timeout=int(timeout), poll_interval=int(poll_interval), key=key)
+            answer = pause_flow_run(wait_for_input=form, timeout=math.ceil(timeout), poll_interval=math.ceil(poll_interval), key=key)
     except FlowPauseTimeout:
         run.emit("approval_timeout", {"step": step, "iteration": iteration, "timeout_s": timeout})
         run.say(f"  approval {step!r} timed out after {timeout:g}s; approve, then: longrun resume {run.rt.job_id}")

@@ -254,6 +254,11 @@ def run_iterations(
         say(f"isolated in worktree {wt} (branch {worktree.branch_name(rt.job_id)})")
     try:
         _loop(run, clock, sleep)
+    except LongrunError as exc:
+        # Journal the failure here, so that the run's evidence bundle records it.
+        run.emit("run_failed", {"code": exc.code, "message": exc.message})
+        exc.journaled = True
+        raise
     finally:
         if run.state.is_terminal:
             _finish(run, clock)
@@ -529,6 +534,9 @@ def _finish(run: _Run, clock: Callable[[], datetime]) -> None:
         else:
             run.emit("run_failed", {"code": "strict_contract_failed", "message": "; ".join(report.problems)})
             say("strict: completion contract FAILED: " + "; ".join(report.problems))
+            # The bundle must carry the verdict: build it again over the final journal.
+            finalize_evidence(rt.root, rt.job_id, rt.spec.evidence.store, run.journal)
+            run.refresh()
 
 
 def _evidence_artifacts(rt: JobRuntime, outcome: Any) -> None:
@@ -647,7 +655,7 @@ def longrun_job(
         return run_iterations(rt, source, force=force)
     except LongrunError as exc:
         # Expected failures end the flow run as Failed with the code, not a traceback.
-        if exc.code not in REFUSALS:
+        if exc.code not in REFUSALS and not getattr(exc, "journaled", False):
             _journal_failure(rt, exc.code, exc.message)
         return Failed(message=f"{exc.code}: {exc.message}", data={**_outcome_from(rt), "code": exc.code, "message": exc.message})
     except Exception as exc:

@@ -4,9 +4,11 @@
   artifact of gate results;
 * one progress artifact per flow run (iterations done against the limit, or
   the budget used when that is further along), updated as the run goes;
-* every journal event is mirrored as a Prefect event ``longrun.<type>`` on
-  the resource ``longrun.job.<jobId>``, so automations can react to
-  iterations, gates, budget stops and approvals.
+* every event the flow journals (iterations, stage results, gates, budget
+  stops, approvals, completion) is mirrored as a Prefect event
+  ``longrun.<type>`` on the resource ``longrun.job.<jobId>``, so automations
+  can react to them. Events journaled outside the flow (``job_registered``,
+  ``stage_started`` inside a task, CLI decisions, evidence) are not mirrored.
 """
 
 from __future__ import annotations

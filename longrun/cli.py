@@ -451,6 +451,8 @@ def cmd_approve(args: argparse.Namespace, out: Out) -> int:
 
     record = find_job(_root(args), args.job)
     state = record.state()
+    if state.status == "REJECTED":
+        raise LongrunError(f"{record.name} ({record.job_id}) was rejected at {state.stop_reason!r}; nothing to approve", code="approval_step_unknown")
     pending = state.pending_approval
     if pending is not None and pending != args.step:
         raise LongrunError(f"{record.name} waits for step {pending!r}, not {args.step!r}", code="approval_step_unknown")
@@ -460,7 +462,11 @@ def cmd_approve(args: argparse.Namespace, out: Out) -> int:
     request = next(
         (e for e in reversed(record.journal.read()) if e.type == "approval_requested" and e.payload.step == args.step), None
     )
-    was_waiting = state.status == "WAITING_APPROVAL"
+    # A run may still be paused there only if nothing (a timeout) came after the request.
+    last_for_step = next(
+        (e for e in reversed(record.journal.read()) if getattr(e.payload, "step", None) == args.step), None
+    )
+    was_waiting = state.status == "WAITING_APPROVAL" and last_for_step is not None and last_for_step.type == "approval_requested"
     # Journal first: if the paused run's engine is gone, the decision is not lost.
     record.journal.append(
         decision,

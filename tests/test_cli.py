@@ -331,3 +331,10 @@ def test_a_running_job_is_not_started_twice(cli_env, tmp_path):
     finally:
         first.kill()
         first.wait(timeout=30)
+
+
+def test_every_stable_error_code_is_documented():
+    from longrun.errors import STABLE_CODES
+
+    text = (REPO / "docs" / "cli.md").read_text()
+    assert [c for c in STABLE_CODES if f"`{c}`" not in text] == []

@@ -343,6 +343,10 @@ quality_gates:
     state = job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(tmp_path), source=str(loaded.source), return_state=True)
     assert state.is_failed() and state.message.startswith("usage_invalid")
     js = Journal(JobPaths(tmp_path, loaded.job_id).events_file)
-    last = js.read()[-1]
-    assert last.type == "run_failed" and last.payload.code == "usage_invalid" and "'1,234'" in last.payload.message
+    evs = js.read()
+    assert [e.type for e in evs][-2:] == ["run_failed", "evidence_built"]  # a failed run leaves evidence too
+    failed = evs[-2]
+    assert failed.payload.code == "usage_invalid" and "'1,234'" in failed.payload.message
+    assert [e.type for e in evs].count("run_failed") == 1
     assert js.state().status == "FAILED"
+    assert (JobPaths(tmp_path, loaded.job_id).evidence_dir / f"{loaded.job_id}.tar.gz").is_file()

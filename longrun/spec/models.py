@@ -1,8 +1,7 @@
 """Job spec v1: frozen, versioned pydantic models.
 
-Every field of SPEC S1 is modelled here, including those that a later release
-enforces (budgets, approvals, schedule, failure policy). ``extra="forbid"``
-everywhere: an unknown key is an error, never silently ignored.
+Every field of SPEC S1 is modelled here. ``extra="forbid"`` everywhere: an
+unknown key is an error, never silently ignored.
 
 The JSON Schema in ``jobspecs/job.schema.json`` is generated from these models
 (``python -m longrun.spec.schema``) and a test fails when the two drift.
@@ -15,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Annotated, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 SPEC_VERSION = "longrun/v1"
 
@@ -68,7 +67,7 @@ class RetryPolicy(_Model):
 
 
 class FailurePolicy(_Model):
-    """What to do when a gate fails (enforced by the governance release; retry is the default)."""
+    """What to do when a required gate fails (retry is the default); see ``longrun.policy``."""
 
     action: Literal["retry", "escalate", "skip", "abort"] = "retry"
     max_retries: int = Field(3, ge=0, le=1000)
@@ -133,7 +132,7 @@ class Stage(_Model):
     run: list[str] = Field(..., min_length=1, description="argv; argv[0] must be in allowed_tools.")
     phase: Phase | None = Field(None, description="Routing phase; defaults to the stage id when it names a phase.")
     depends_on: list[str] = Field(default_factory=list)
-    shell: bool = Field(False, description="Run argv[0] through /bin/sh -c (argv[1] is the script).")
+    shell: StrictBool = Field(False, description="Run argv[0] through /bin/sh -c (argv[1] is the script).")
     timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Seconds; defaults to defaults.timeout.")
     retry: RetryPolicy | None = None
     env: EnvVars = Field(default_factory=dict)
@@ -153,7 +152,7 @@ class _GateBase(_Model):
 
 class _CommandGate(_GateBase):
     run: list[str] = Field(..., min_length=1)
-    shell: bool = False
+    shell: StrictBool = False
     timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     env: EnvVars = Field(default_factory=dict)
 
