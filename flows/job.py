@@ -28,24 +28,14 @@ from typing import Any, Callable
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
-
-from longrun.flows import approvals
-from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
-from prefect.states import Failed
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext, get_run_context
 from prefect.filesystems import LocalFileSystem
+from prefect.states import Failed
 
 from longrun import gitutil, worktree
-from longrun.budget import BudgetGovernor, expected_stage_spend
-from longrun.errors import PathEscape
-from longrun.evidence import manifest_markdown
-from longrun.lineage import collect_children, spend_for_root
-from longrun.policy import blocking_approval, judge_iteration
-from longrun.publish import finalize_evidence
-from longrun.scope import check_spec_paths, scope_violations
-from longrun.waiver import strict_report
 from longrun.blocks.checkpoints import CheckpointSerializer, CheckpointStorage
+from longrun.budget import BudgetGovernor, expected_stage_spend
 from longrun.checkpoint import (
     GateResult,
     IterationCheckpoint,
@@ -58,17 +48,24 @@ from longrun.checkpoint import (
     sha256_text,
 )
 from longrun.compile import PlannedGate, PlannedStage
-from longrun.errors import LongrunError
+from longrun.errors import LongrunError, PathEscape
+from longrun.evidence import manifest_markdown
+from longrun.flows import approvals
+from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
 from longrun.gates import GateInput, evaluate_gate
 from longrun.jobs import JobRecord, ensure_workspace, find_job, outcome_dict, register
 from longrun.journal import Journal
+from longrun.lineage import collect_children, spend_for_root
+from longrun.policy import blocking_approval, judge_iteration
+from longrun.publish import finalize_evidence
 from longrun.runtime import JobRuntime
-from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for
+from longrun.scope import check_spec_paths, scope_violations
+from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, validate_spec_data
 from longrun.spec.models import Approval
-from longrun.spec.loader import validate_spec_data
 from longrun.stages import run_stage, should_retry
 from longrun.state import RunState, apply
 from longrun.stop import StopInput, policy_from_spec
+from longrun.waiver import strict_report
 
 Printer = Callable[[str], None]
 
@@ -193,6 +190,10 @@ class _Run:
 
     def refresh(self) -> None:
         self.state = self.journal.state()
+
+    def continue_running(self) -> None:
+        """Back to RUNNING after an approval: a new active segment of this same run."""
+        self.emit("run_started", {"run_id": self.rt.run_id, "flow_run_id": self.rt.run_id, "resumed": True})
 
 
 def _task_options(storage: CheckpointStorage, meta: LocalFileSystem, kind: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import pytest
 
 from longrun.checkpoint import (
     CheckpointStore,
-    GateResult,
     IterationCheckpoint,
     StageResult,
     decode_record,
