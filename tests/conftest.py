@@ -51,6 +51,8 @@ class PrefectServer:
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(self.port),
             "PREFECT_UI_ENABLED": "true" if ui else "false",
+            # A 503 says "retry" but hides its cause; log it so a failing test can show why.
+            "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
             **({"PREFECT_UI_API_URL": self.url} if ui else {}),
         }
         self.log_path = home / "server.log"

@@ -73,6 +73,16 @@ def _deploy(env: dict, spec: Path, *args: str) -> dict:
     return json.loads(r.stdout)
 
 
+def _post(url: str, body: dict, attempts: int = 8) -> httpx.Response:
+    """POST like Prefect's own client: a 503 is the server saying "retry" (SQLite busy), so back off and retry."""
+    for attempt in range(attempts):
+        resp = httpx.post(url, json=body, timeout=60)
+        if resp.status_code != 503 or attempt == attempts - 1:
+            return resp
+        time.sleep(min(0.5 * 2**attempt, 8))
+    raise AssertionError("unreachable")
+
+
 def _client():
     from prefect.client.orchestration import get_client
 
@@ -365,11 +375,10 @@ def test_server_schedules_cron_runs_in_the_spec_time_zone(prefect_server, tmp_pa
     change = _next_dst_change(BERLIN, datetime.now(UTC))
     start, end = change - timedelta(days=4), change + timedelta(days=4)
     # What the scheduler service does, for a chosen window: POST /deployments/{id}/schedule.
-    r = httpx.post(
+    r = _post(
         f"{prefect_server['url']}/deployments/{doc['deployment_id']}/schedule",
-        json={"start_time": start.isoformat(), "end_time": end.isoformat(), "min_runs": 8, "max_runs": 20,
-              "min_time": (end - start).total_seconds()},
-        timeout=30,
+        {"start_time": start.isoformat(), "end_time": end.isoformat(), "min_runs": 8, "max_runs": 20,
+         "min_time": (end - start).total_seconds()},
     )
     if r.status_code >= 500:
         log = Path(prefect_server["home"], "server.log").read_text()
@@ -381,7 +390,7 @@ def test_server_schedules_cron_runs_in_the_spec_time_zone(prefect_server, tmp_pa
                 "(sqlalchemy.exc.InvalidRequestError: Can't evaluate bulk DML statement): cron schedules never "
                 "produce runs. Prefect 3.8.8 needs sqlalchemy<2.1 (pin it in pyproject.toml)."
             )
-    assert r.status_code in (200, 201), r.text
+    assert r.status_code in (200, 201), r.text + "\n" + Path(prefect_server["home"], "server.log").read_text()[-4000:]
 
     with _client() as client:
         runs = [fr for fr in _runs_of(client, doc["deployment_id"]) if start <= fr.expected_start_time <= end]
@@ -429,14 +438,8 @@ def test_concurrent_triggers_of_one_intended_run_make_one_flow_run(prefect_serve
 
         def by_rest(_: int) -> None:
             barrier.wait()
-            for attempt in range(6):  # like Prefect's client: retry 503 (SQLite busy) with backoff
-                resp = httpx.post(
-                    f"{prefect_server['url']}/deployments/{dep_id}/create_flow_run",
-                    json={"idempotency_key": intended_run_key(job_id, when)}, timeout=60,
-                )
-                if resp.status_code != 503:
-                    break
-                time.sleep(0.5 * 2**attempt)
+            resp = _post(f"{prefect_server['url']}/deployments/{dep_id}/create_flow_run",
+                         {"idempotency_key": intended_run_key(job_id, when)})
             resp.raise_for_status()
             ids.append(resp.json()["id"])
 
