@@ -68,7 +68,7 @@ def checkpoint(
         # Decided before (by the CLI while no run was active, or journaled by
         # the CLI just before it resumed a paused run).
         if done == "approved" and run.state.status != "RUNNING":
-            run.continue_running()
+            run.start_segment()
         return done
     from prefect.client.orchestration import get_client
 
@@ -115,7 +115,7 @@ def checkpoint(
     run.say(f"  {decision} {step!r} by {answer.approver}" + (f": {answer.comment}" if answer.comment else ""))
     if decision == "approved":
         # The run goes on: a new active segment (time spent waiting is not run time).
-        run.continue_running()
+        run.start_segment()
     return decision
 
 

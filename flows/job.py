@@ -48,12 +48,12 @@ from longrun.checkpoint import (
     sha256_text,
 )
 from longrun.compile import PlannedGate, PlannedStage
-from longrun.errors import LongrunError, PathEscape
+from longrun.errors import EvidenceStoreInvalid, LongrunError, PathEscape
 from longrun.evidence import manifest_markdown
 from longrun.flows import approvals
 from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
 from longrun.gates import GateInput, evaluate_gate
-from longrun.jobs import JobRecord, ensure_workspace, find_job, outcome_dict, register
+from longrun.jobs import JobRecord, ensure_workspace, find_job, live_local_run, outcome_dict, preflight, register
 from longrun.journal import Journal
 from longrun.lineage import collect_children, spend_for_root
 from longrun.policy import blocking_approval, judge_iteration
@@ -65,6 +65,7 @@ from longrun.spec.models import Approval
 from longrun.stages import run_stage, should_retry
 from longrun.state import RunState, apply
 from longrun.stop import StopInput, policy_from_spec
+from longrun.storage import resolve_store
 from longrun.waiver import strict_report
 
 Printer = Callable[[str], None]
@@ -191,9 +192,16 @@ class _Run:
     def refresh(self) -> None:
         self.state = self.journal.state()
 
-    def continue_running(self) -> None:
-        """Back to RUNNING after an approval: a new active segment of this same run."""
-        self.emit("run_started", {"run_id": self.rt.run_id, "flow_run_id": self.rt.run_id, "resumed": True})
+    def start_segment(self, *, resumed: bool = True) -> None:
+        """``run_started``: this run begins, or goes on after an approval (a new active segment).
+
+        It names this process and host, so the duplicate-run guard and
+        ``tail --follow`` can tell the run is alive.
+        """
+        self.emit(
+            "run_started",
+            {"run_id": self.rt.run_id, "flow_run_id": self.rt.run_id, "resumed": resumed, "pid": os.getpid(), "host": socket.gethostname()},
+        )
 
 
 def _task_options(storage: CheckpointStorage, meta: LocalFileSystem, kind: str) -> dict[str, Any]:
@@ -228,8 +236,10 @@ def run_iterations(
     completion contract check).
     """
     record: JobRecord = register(rt.loaded, rt.root)
-    _check_paths(rt)
-    ensure_workspace(rt.loaded, rt.root, Path(source).parent if source else None)
+    template_base = Path(source).parent if source else None
+    preflight(rt.loaded, rt.root, template_base)
+    _check_store(rt)
+    ensure_workspace(rt.loaded, rt.root, template_base)
     _check_paths(rt)  # again: a workspace created from a template may bring symlinks
     run = _Run(rt, record.journal, record.journal.state(), say)
     status = run.state.status
@@ -244,10 +254,7 @@ def run_iterations(
             f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({alive}); refusing to start it twice (use --force if that run is gone)",
             code="job_already_running",
         )
-    run.emit(
-        "run_started",
-        {"run_id": rt.run_id, "flow_run_id": rt.run_id, "resumed": run.state.iteration > 0, "pid": os.getpid(), "host": socket.gethostname()},
-    )
+    run.start_segment(resumed=run.state.iteration > 0)
     if rt.spec.isolation == "worktree":
         wt = worktree.ensure_worktree(rt.repo, rt.job_id, rt.worktree_dir)
         rt = replace(rt, workdir=wt)
@@ -264,6 +271,21 @@ def run_iterations(
         if run.state.is_terminal:
             _finish(run, clock)
     return _outcome(run)
+
+
+def _check_store(rt: JobRuntime) -> None:
+    """A store block that does not exist is bad input: refuse before any work, not after it.
+
+    An API error loading it is not: the upload at the end retries, and journals it if it fails.
+    """
+    if rt.spec.evidence.store is None:
+        return
+    try:
+        resolve_store(rt.spec.evidence.store, rt.root)
+    except EvidenceStoreInvalid:
+        raise
+    except LongrunError:
+        pass
 
 
 def _check_paths(rt: JobRuntime) -> None:
@@ -286,15 +308,11 @@ def _live_run(run: _Run) -> str | None:
     if started is None:
         return None
     extra = started.payload.model_extra or {}
-    pid, host = extra.get("pid"), extra.get("host")
-    if pid is not None and host == socket.gethostname():
-        if pid == os.getpid():
+    if extra.get("pid") is not None and extra.get("host") == socket.gethostname():
+        live = live_local_run(run.journal)
+        if live is None or live[0] == os.getpid():
             return None
-        try:
-            os.kill(int(pid), 0)
-        except (ProcessLookupError, PermissionError, ValueError):
-            return None
-        return f"pid {pid} on {host}, flow run {started.payload.flow_run_id}"
+        return f"pid {live[0]} on {extra['host']}, flow run {started.payload.flow_run_id}"
     if started.payload.flow_run_id and started.payload.flow_run_id != run.rt.run_id:
         from prefect.client.orchestration import get_client
 

@@ -28,16 +28,20 @@ from pathlib import Path
 from typing import Any
 
 from longrun import __version__
-from longrun.errors import LongrunError, SpecError
+from longrun.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_EVIDENCE_UPLOAD_FAILED,
+    EXIT_FAILED,
+    LongrunError,
+    SpecError,
+    exit_code_for,
+)
 
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
 EXIT_STOPPED_BUDGET = 4
 EXIT_REJECTED = 5
 EXIT_WAITING = 6
-EXIT_EVIDENCE_UPLOAD_FAILED = 7
 EXIT_INTERRUPTED = 130
 
 STATUS_EXIT = {
@@ -47,16 +51,6 @@ STATUS_EXIT = {
     "STOPPED_BUDGET": EXIT_STOPPED_BUDGET,
     "REJECTED": EXIT_REJECTED,
     "WAITING_APPROVAL": EXIT_WAITING,
-}
-
-#: Error codes with an exit code of their own (evidence: longrun.cli_evidence).
-CODE_EXIT = {"evidence_upload_failed": EXIT_EVIDENCE_UPLOAD_FAILED, "evidence_store_error": EXIT_EVIDENCE_UPLOAD_FAILED}
-EVIDENCE_BAD_INPUT_CODES = {
-    "usage_error", "approval_step_unknown", "job_already_running", "apply_nothing", "workspace_dirty","evidence_missing", "evidence_store_invalid"}
-
-BAD_INPUT_CODES = {
-    "job_invalid_spec", "job_not_found", "job_id_invalid", "path_escape", "tool_not_allowed",
-    "job_spec_immutable", "workspace_missing", "workspace_exists", "template_not_found", "waiver_invalid",
 }
 
 #: Defaults for the embedded Prefect server; the user's environment wins.
@@ -175,47 +169,11 @@ def cmd_plan(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
-def preflight(loaded, root: Path) -> None:
-    """Refuse bad input before Prefect starts: paths, template, workspace repo."""
-    from longrun import gitutil
-    from longrun.errors import PathEscape
-    from longrun.paths import safe_join
-    from longrun.scope import check_spec_paths
-
-    problems = check_spec_paths(loaded.spec, root)
-    if problems:
-        raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
-    ws = loaded.spec.workspace
-    workspace = safe_join(root, ws.path, what="workspace.path")
-    if workspace.exists():
-        if not gitutil.is_repo(workspace):
-            raise LongrunError(f"workspace {workspace} is not a git repository (run `git init` there)", code="workspace_missing")
-        if loaded.spec.isolation == "worktree":
-            from longrun import worktree
-            from longrun.paths import JobPaths
-
-            if not (JobPaths(root, loaded.job_id).maestro / "worktrees" / loaded.job_id).exists() and worktree.is_dirty(workspace):
-                raise LongrunError(
-                    f"workspace {workspace} has uncommitted changes; isolation: worktree starts only from a clean tree",
-                    code="workspace_dirty",
-                )
-        return
-    if ws.template is None:
-        raise LongrunError(f"workspace {workspace} does not exist and the spec names no template", code="workspace_missing")
-    if loaded.source is None:
-        raise LongrunError(f"workspace {workspace} does not exist; run the job from its spec file", code="workspace_missing")
-    template = safe_join(loaded.source.parent, ws.template, what="workspace.template")
-    if not template.is_dir():
-        raise LongrunError(f"workspace template {template} is not a directory", code="template_not_found")
-
-
 def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None, force: bool = False) -> int:
     """Run the job's flow in this process and report its outcome from the journal."""
-    from longrun.jobs import find_job
+    from longrun.jobs import find_job, preflight
 
-    preflight(loaded, root)
-    for key, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    preflight(loaded, root, loaded.source.parent if loaded.source else None)
     from prefect import tags
 
     from longrun.flows.job import job_flow
@@ -248,7 +206,7 @@ def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None, force:
     if failed and (not uploaded or failed["ts"] > uploaded["ts"]):
         outcome["evidence_upload_failed"] = dict(failed)
     _print_outcome(outcome, out)
-    if outcome["status"] == "FAILED" and outcome.get("code") in BAD_INPUT_CODES:
+    if outcome["status"] == "FAILED" and exit_code_for(outcome.get("code")) == EXIT_BAD_INPUT:
         return EXIT_BAD_INPUT
     if outcome["status"] == "COMPLETED" and "evidence_upload_failed" in outcome:
         # The job is done and its bundle is kept locally; only the upload must be retried.
@@ -406,7 +364,7 @@ def _event_line(event) -> str:
 
 
 def cmd_tail(args: argparse.Namespace, out: Out) -> int:
-    from longrun.jobs import find_job
+    from longrun.jobs import find_job, live_local_run
 
     record = find_job(_root(args), args.job)
     journal = record.journal
@@ -429,7 +387,13 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
         return EXIT_OK
 
     def finished() -> bool:
-        return journal.state().is_terminal and not args.forever
+        if args.forever:
+            return False
+        state = journal.state()
+        if state.status in ("WAITING_APPROVAL", "APPROVED"):
+            # A run paused in place (pause_flow_run) is still alive and goes on after the decision.
+            return live_local_run(journal) is None
+        return state.is_terminal
 
     try:
         for event in journal.follow(after_seq=last, stop=finished):
@@ -496,8 +460,6 @@ def _resume_paused(request, args: argparse.Namespace) -> bool:
     flow_run_id, api_url = extra.get("flow_run_id"), extra.get("api_url")
     if not flow_run_id:
         return False
-    for key, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     from uuid import UUID
 
     from prefect.flow_runs import resume_flow_run
@@ -528,15 +490,26 @@ def cmd_apply(args: argparse.Namespace, out: Out) -> int:
     if record.state().status != "COMPLETED":
         raise LongrunError(f"{record.name} is {record.state().status}; patches are applied only from a COMPLETED job", code="apply_nothing")
     rt = JobRuntime(loaded=loaded, root=root, run_id="apply")
+    if (done := record.state().patches_applied) is not None:
+        # Applying again would be a silent no-op in git (the commits are there): say so.
+        out.emit(
+            f"{record.name} ({record.job_id}): {len(done['patches'])} patch(es) were already applied to {done['repo']} "
+            f"at {done['ts']} (HEAD {done['head'][:12]}); nothing to do",
+            {"job_id": record.job_id, "patches": list(done["patches"]), "head": done["head"], "already_applied": True},
+        )
+        return EXIT_OK
     patches = sorted((rt.paths.checkpoints / "patches").glob("*.patch"))
     if not patches:
         raise LongrunError(f"no exported patches under {rt.paths.checkpoints / 'patches'}", code="apply_nothing")
     new_head = worktree.apply_patches(rt.repo, patches)
+    record.journal.append(
+        "patches_applied", {"repo": str(rt.repo), "patches": [p.name for p in patches], "head": new_head}, job_id=record.job_id
+    )
     worktree.remove_worktree(rt.repo, rt.worktree_dir, branch_too=True)
     worktree.delete_branch(rt.repo, record.job_id)
     out.emit(
         f"applied {len(patches)} patch(es) to {rt.repo} with git am; HEAD is now {new_head[:12]}",
-        {"job_id": record.job_id, "patches": [p.name for p in patches], "head": new_head},
+        {"job_id": record.job_id, "patches": [p.name for p in patches], "head": new_head, "already_applied": False},
     )
     return EXIT_OK
 
@@ -619,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Out(getattr(args, "json", False))
+    # Before any command imports Prefect: the embedded server runs offline and quietly.
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     try:
         return args.fn(args, out)
     except LongrunError as exc:
@@ -626,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": exc.to_dict()}, sort_keys=True))
         else:
             print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_BAD_INPUT if exc.code in BAD_INPUT_CODES | EVIDENCE_BAD_INPUT_CODES else CODE_EXIT.get(exc.code, EXIT_FAILED)
+        return exit_code_for(exc.code)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:

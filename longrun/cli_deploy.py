@@ -26,19 +26,14 @@ Exit codes: 0 ok; 1 Prefect API error; 2 bad input (``job_invalid_spec``,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
-from longrun.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, PREFECT_DEFAULTS, _root
+from longrun.cli import EXIT_OK, _root
 from longrun.errors import LongrunError
 
 __all__ = ["cmd_deploy", "cmd_trigger", "register"]
-
-#: Codes of this module that mean bad input (exit 2).
-DEPLOY_BAD_INPUT_CODES = {"deployment_not_found", "deployment_ambiguous", "deployment_not_longrun", "usage_error"}
-
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``deploy`` and ``trigger`` to the ``longrun`` parser's subcommands."""
@@ -64,7 +59,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         choices=COLLISION_STRATEGIES,
         help="what happens to a run over the limit: wait (ENQUEUE, default) or be cancelled (CANCEL_NEW)",
     )
-    s.set_defaults(fn=_guard(cmd_deploy))
+    s.set_defaults(fn=cmd_deploy)
 
     s = sub.add_parser(
         "trigger",
@@ -76,31 +71,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("target", metavar="JOB_OR_DEPLOYMENT", help="a job name or id (its one deployment), <flow>/<deployment>, or a deployment id")
     s.add_argument("--key", default=None, help="explicit idempotency key naming the intended run")
     s.add_argument("--at", default=None, metavar="ISO8601", help="the intended run's scheduled time, with an offset (e.g. 2027-03-28T02:00:00+01:00)")
-    s.set_defaults(fn=_guard(cmd_trigger))
-
-
-def _guard(fn):
-    """Report this module's bad-input codes with exit 2 (``main`` maps unknown codes to 1)."""
-
-    def run(args: argparse.Namespace, out: Any) -> int:
-        try:
-            return fn(args, out)
-        except LongrunError as exc:
-            if exc.code not in DEPLOY_BAD_INPUT_CODES and exc.code != "prefect_api_error":
-                raise
-            if out.json:
-                print(json.dumps({"error": exc.to_dict()}, sort_keys=True))
-            else:
-                print(f"{exc.code}: {exc.message}", file=sys.stderr)
-            return EXIT_BAD_INPUT if exc.code in DEPLOY_BAD_INPUT_CODES else EXIT_FAILED
-
-    run.__name__ = fn.__name__
-    return run
-
-
-def _prefect_env() -> None:
-    for key, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    s.set_defaults(fn=cmd_trigger)
 
 
 def _api_note() -> None:
@@ -131,20 +102,19 @@ def _fmt_time(dt, tz: str) -> str:
 
 
 def cmd_deploy(args: argparse.Namespace, out: Any) -> int:
-    from longrun.cli import preflight
     from longrun.deploy import DEFAULT_POOL, next_run_times, plan_deployment
+    from longrun.jobs import preflight
     from longrun.spec import load_spec
 
     root = _root(args)
     loaded = load_spec(args.path)
-    preflight(loaded, root)
+    preflight(loaded, root, loaded.source.parent if loaded.source else None)
     try:
         plan = plan_deployment(
             loaded, root, name=args.name, concurrency_limit=args.concurrency, collision_strategy=args.collision_strategy
         )
     except ValueError as exc:
         raise LongrunError(str(exc), code="usage_error") from None
-    _prefect_env()
     _api_note()
     pool = None if args.serve else (args.pool or DEFAULT_POOL)
     flow, deployment = _runner_deployment(plan, pool)
@@ -298,7 +268,6 @@ def cmd_trigger(args: argparse.Namespace, out: Any) -> int:
     parameters = None
     if getattr(args, "root", None):
         parameters = {"root": str(_root(args))}
-    _prefect_env()
     _api_note()
     try:
         result = trigger(args.target, key=args.key, at=args.at, parameters=parameters)

@@ -154,49 +154,71 @@ class EvidenceTransientError(EvidenceStoreError):
         super().__init__(message, code=code, retryable=retryable)
 
 
-#: Every stable code, for docs and tests (docs/cli.md lists them with exit codes).
-STABLE_CODES: tuple[str, ...] = (
-    "job_invalid_spec",
-    "job_not_found",
-    "job_id_invalid",
-    "tool_not_allowed",
-    "path_escape",
-    "journal_corrupt",
-    "event_version_unsupported",
-    "job_spec_immutable",
-    "stage_failed",
-    "usage_invalid",
-    "junit_missing",
-    "junit_invalid",
-    "git_failed",
-    "workspace_exists",
-    "workspace_missing",
-    "template_not_found",
-    "run_crashed",
-    "usage_error",
-    "approval_step_unknown",
-    "job_already_running",
-    "deployment_not_found",
-    "deployment_ambiguous",
-    "deployment_not_longrun",
-    "prefect_api_error",
-    "record_invalid",
-    "record_version_unsupported",
-    "gate_unknown",
-    "apply_nothing",
-    "strict_contract_failed",
-    "evidence_missing",
-    "evidence_mismatch",
-    "evidence_store_invalid",
-    "evidence_store_error",
-    "evidence_upload_failed",
-    "waiver_invalid",
-    "waiver_expired",
-    "workspace_dirty",
-    "patch_apply_failed",
-    "lineage_too_deep",
-    "gate_failed",
-    "gate_retries_exhausted",
-    "budget_exhausted",
-    "scope_violation",
-)
+#: Exit codes of the ``longrun`` command (docs/cli.md, "Exit codes").
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_EVIDENCE_UPLOAD_FAILED = 7
+
+_BAD, _FAIL, _UPLOAD = EXIT_BAD_INPUT, EXIT_FAILED, EXIT_EVIDENCE_UPLOAD_FAILED
+
+#: Every stable code and the exit code a command ends with when it ends on it;
+#: ``None``: the code never ends a command (it is retried, reported, or library
+#: only). The one table: the CLI maps codes through :func:`exit_code_for`, and a
+#: test checks docs/cli.md documents each code with this exit.
+EXIT_CODES: dict[str, int | None] = {
+    # bad input: nothing ran, or the command was refused
+    "job_invalid_spec": _BAD,
+    "job_not_found": _BAD,
+    "job_id_invalid": _BAD,
+    "tool_not_allowed": _BAD,
+    "path_escape": _BAD,
+    "job_spec_immutable": _BAD,
+    "workspace_exists": _BAD,
+    "workspace_missing": _BAD,
+    "template_not_found": _BAD,
+    "workspace_dirty": _BAD,
+    "usage_error": _BAD,
+    "approval_step_unknown": _BAD,
+    "job_already_running": _BAD,
+    "apply_nothing": _BAD,
+    "evidence_missing": _BAD,
+    "evidence_store_invalid": _BAD,
+    "deployment_not_found": _BAD,
+    "deployment_ambiguous": _BAD,
+    "deployment_not_longrun": _BAD,
+    # failures
+    "journal_corrupt": _FAIL,
+    "event_version_unsupported": _FAIL,
+    "usage_invalid": _FAIL,
+    "git_failed": _FAIL,
+    "run_crashed": _FAIL,
+    "prefect_api_error": _FAIL,
+    "record_invalid": _FAIL,
+    "record_version_unsupported": _FAIL,
+    "gate_unknown": _FAIL,
+    "strict_contract_failed": _FAIL,
+    "evidence_mismatch": _FAIL,
+    "waiver_invalid": _FAIL,
+    "waiver_expired": _FAIL,
+    "patch_apply_failed": _FAIL,
+    "lineage_too_deep": _FAIL,
+    "gate_failed": _FAIL,
+    "gate_retries_exhausted": _FAIL,
+    # the evidence store
+    "evidence_store_error": _UPLOAD,
+    "evidence_upload_failed": _UPLOAD,
+    # never end a command
+    "stage_failed": None,
+    "junit_missing": None,
+    "junit_invalid": None,
+    "budget_exhausted": None,
+    "scope_violation": None,
+}
+
+#: Every stable code, for docs and tests.
+STABLE_CODES: tuple[str, ...] = tuple(EXIT_CODES)
+
+
+def exit_code_for(code: str | None) -> int:
+    """The exit code of a command that ends on error ``code`` (1 for a code not in the table)."""
+    return EXIT_CODES.get(code or "") or EXIT_FAILED

@@ -231,23 +231,34 @@ class ChildSpawned(Payload):
     source: str | None = None
 
 
+class PatchesApplied(Payload):
+    """``longrun apply``: a worktree job's exported patches were applied to the main tree with ``git am``."""
+
+    repo: str = Field(description="The main tree the patches went to.")
+    patches: list[str] = Field(description="Patch file names, in the order applied.")
+    head: str = Field(pattern=r"^[0-9a-f]{40}$", description="The main tree's HEAD after git am.")
+
+
 class _ApprovalPayload(Payload):
     step: str = Field(min_length=1)
     iteration: int | None = Field(None, ge=0)
-    approver: str | None = None
-    comment: str | None = None
 
 
 class ApprovalRequested(_ApprovalPayload):
     """The run waits at approval ``step`` (status ``WAITING_APPROVAL``)."""
 
 
-class Approved(_ApprovalPayload):
+class _Decision(_ApprovalPayload):
     approver: str = Field(min_length=1)
+    comment: str | None = None
 
 
-class Rejected(_ApprovalPayload):
-    approver: str = Field(min_length=1)
+class Approved(_Decision):
+    pass
+
+
+class Rejected(_Decision):
+    pass
 
 
 # --------------------------------------------------------------------------- envelopes
@@ -374,6 +385,11 @@ class ChildSpawnedEvent(Event):
     payload: ChildSpawned
 
 
+class PatchesAppliedEvent(Event):
+    type: Literal["patches_applied"] = "patches_applied"
+    payload: PatchesApplied
+
+
 class ApprovalRequestedEvent(Event):
     type: Literal["approval_requested"] = "approval_requested"
     payload: ApprovalRequested
@@ -458,6 +474,7 @@ _EVENT_CLASSES: tuple[type[Event], ...] = (
     EvidenceBuiltEvent,
     EvidenceUploadedEvent,
     EvidenceUploadFailedEvent,
+    PatchesAppliedEvent,
 )
 
 #: type name → envelope class.

@@ -101,6 +101,20 @@ class BundleResult:
     built_from_seq: int
     manifest: Mapping[str, Any] = field(repr=False, compare=False)
 
+    @classmethod
+    def from_manifest(cls, job_id: str, tar_path: Path, manifest_path: Path, manifest: Mapping[str, Any]) -> BundleResult:
+        predicate = manifest["predicate"]
+        return cls(
+            job_id=job_id,
+            tar_path=tar_path,
+            manifest_path=manifest_path,
+            sha256=predicate["bundle"]["sha256"],
+            size=predicate["bundle"]["size"],
+            files=len(manifest["subject"]),
+            built_from_seq=int(predicate.get("built_from_seq") or 0),
+            manifest=manifest,
+        )
+
 
 @dataclass(frozen=True)
 class Mismatch:
@@ -227,16 +241,7 @@ def build_bundle(
         ),
     }
     atomicio.write_atomic(manifest_path, _manifest_text(manifest))
-    return BundleResult(
-        job_id=job_id,
-        tar_path=tar_path,
-        manifest_path=manifest_path,
-        sha256=bundle["sha256"],
-        size=bundle["size"],
-        files=len(subjects),
-        built_from_seq=events[-1].seq,
-        manifest=manifest,
-    )
+    return BundleResult.from_manifest(job_id, tar_path, manifest_path, manifest)
 
 
 def load_bundle(root: Path, job_id: str) -> BundleResult:
@@ -251,17 +256,7 @@ def load_bundle(root: Path, job_id: str) -> BundleResult:
     manifest, problems = _load_manifest(manifest_path)
     if problems:
         raise EvidenceMismatch(f"{manifest_path}: " + "; ".join(m.problem for m in problems))
-    bundle = manifest["predicate"]["bundle"]
-    return BundleResult(
-        job_id=job_id,
-        tar_path=tar_path,
-        manifest_path=manifest_path,
-        sha256=bundle["sha256"],
-        size=bundle["size"],
-        files=len(manifest["subject"]),
-        built_from_seq=int(manifest["predicate"].get("built_from_seq") or 0),
-        manifest=manifest,
-    )
+    return BundleResult.from_manifest(job_id, tar_path, manifest_path, manifest)
 
 
 def _manifest_text(manifest: Mapping[str, Any]) -> str:

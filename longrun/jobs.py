@@ -72,12 +72,53 @@ def register(loaded: LoadedSpec, root: Path) -> JobRecord:
     return JobRecord(loaded.job_id, loaded.spec.name, paths)
 
 
+def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> None:
+    """Refuse bad input before anything runs: paths, workspace, template, evidence store.
+
+    The CLI calls it before Prefect starts, and the flow before its first
+    event, so a deployment run refuses the same things ``longrun run`` does.
+    ``template_base`` is the spec file's directory (None: the spec has no
+    file, e.g. a resumed job).
+    """
+    from longrun.errors import PathEscape
+    from longrun.scope import check_spec_paths
+    from longrun.storage import check_store_ref
+
+    problems = check_spec_paths(loaded.spec, root)
+    if problems:
+        raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+    check_store_ref(loaded.spec.evidence.store, root)
+    workspace, template = _workspace_and_template(loaded, root, template_base)
+    if template is not None:
+        if not template.is_dir():
+            raise LongrunError(f"workspace template {template} is not a directory", code="template_not_found")
+        return
+    if not gitutil.is_repo(workspace):
+        raise LongrunError(f"workspace {workspace} is not a git repository (run `git init` there)", code="workspace_missing")
+    if loaded.spec.isolation == "worktree":
+        from longrun import worktree
+
+        if not (JobPaths(root, loaded.job_id).maestro / "worktrees" / loaded.job_id).exists() and worktree.is_dirty(workspace):
+            raise LongrunError(
+                f"workspace {workspace} has uncommitted changes; isolation: worktree starts only from a clean tree",
+                code="workspace_dirty",
+            )
+
+
 def ensure_workspace(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Path:
     """The job's workspace; created from its template (as a new git repo) when absent."""
+    workspace, template = _workspace_and_template(loaded, root, template_base)
+    if template is not None:
+        gitutil.init_from_template(template, workspace)
+    return workspace
+
+
+def _workspace_and_template(loaded: LoadedSpec, root: Path, template_base: Path | None) -> tuple[Path, Path | None]:
+    """The workspace path, and the template to create it from (None: it exists)."""
     ws_cfg = loaded.spec.workspace
     workspace = safe_join(root, ws_cfg.path, what="workspace.path")
     if workspace.exists():
-        return workspace
+        return workspace, None
     if ws_cfg.template is None:
         raise LongrunError(f"workspace {workspace} does not exist and the spec names no template", code="workspace_missing")
     if template_base is None:
@@ -85,9 +126,7 @@ def ensure_workspace(loaded: LoadedSpec, root: Path, template_base: Path | None)
             f"workspace {workspace} does not exist; run the job from its spec file so the template can be found",
             code="workspace_missing",
         )
-    template = safe_join(template_base, ws_cfg.template, what="workspace.template")
-    gitutil.init_from_template(template, workspace)
-    return workspace
+    return workspace, safe_join(template_base, ws_cfg.template, what="workspace.template")
 
 
 def find_job(root: Path, ref: str) -> JobRecord:
@@ -110,6 +149,30 @@ def find_job(root: Path, ref: str) -> JobRecord:
     if len(matches) > 1 and not by_name:
         raise JobNotFound(f"{ref!r} matches several jobs: {', '.join(r.job_id for r in matches)}")
     return (by_name or matches)[0]
+
+
+def live_local_run(journal: Journal) -> tuple[int, str] | None:
+    """``(pid, flow_run_id)`` of the job's last run if its process is alive on this host.
+
+    The last ``run_started`` names the engine's pid and host; a SIGKILLed
+    engine leaves a RUNNING journal behind, so only a live pid counts. None for
+    a run on another host (ask Prefect), or one whose pid is gone.
+    """
+    import os
+    import socket
+
+    started = next((e for e in reversed(journal.read()) if e.type == "run_started"), None)
+    if started is None:
+        return None
+    extra = started.payload.model_extra or {}
+    pid, host = extra.get("pid"), extra.get("host")
+    if pid is None or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return None
+    return int(pid), started.payload.flow_run_id
 
 
 def list_jobs(root: Path) -> list[JobRecord]:

@@ -163,6 +163,8 @@ class RunState:
     gate_skips: Mapping[int, Mapping[str, str]] = _EMPTY
     #: Job ids of children spawned by this job, in order.
     children: tuple[str, ...] = ()
+    #: The last ``patches_applied`` payload plus its ``ts`` (``longrun apply``), or None.
+    patches_applied: Mapping[str, Any] | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -342,6 +344,10 @@ class _Fold:
         skips = self.v["gate_skips"]
         inner = FrozenDict({**skips.get(p.iteration, _EMPTY), p.gate: p.reason})
         self.v["gate_skips"] = FrozenDict({**skips, p.iteration: inner})
+
+    def _on_patches_applied(self, p: Any, ts: datetime) -> None:
+        record = {**p.model_dump(mode="json"), "ts": ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        self.v["patches_applied"] = _freeze(record)
 
     # -- evidence (C3): status never changes; copy-on-write like governance ------
 

@@ -9,6 +9,7 @@ subprocesses are all real.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -116,6 +117,69 @@ def longrun_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float =
         [sys.executable, "-m", "longrun.cli", *args],
         cwd=cwd, env=env or dict(os.environ), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 15) -> None:
+    """End a process started with ``start_new_session=True``, and its whole group: TERM, then KILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def background():
+    """``start(root, env, *args)``: ``longrun <args> --json --root ROOT`` in the background, in ROOT.
+
+    Whatever is still running at teardown is ended with its process group (a
+    run paused for a human would otherwise wait up to its approval timeout).
+    """
+    procs: list[subprocess.Popen] = []
+
+    def start(root: Path, env: dict, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "longrun.cli", *args, "--json", "--root", str(root)],
+            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        stop_group(proc)
+
+
+def wait_for(journal, proc: subprocess.Popen, found, what: str, deadline_s: float = 90):
+    """Poll until ``found(events)`` returns something, and return it; fails if ``proc`` exits first."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if journal.path.exists() and (result := found(journal.read())) is not None:
+            return result
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process exited {proc.returncode} before {what}:\n{out}\n{err}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {deadline_s}s")
+
+
+def wait_paused(journal, step: str, proc: subprocess.Popen, deadline_s: float = 90):
+    """The last ``approval_requested`` event of ``step``, once Prefect shows its flow run PAUSED."""
+
+    def paused(events):
+        reqs = [e for e in events if e.type == "approval_requested" and e.payload.step == step]
+        if not reqs:
+            return None
+        extra = reqs[-1].payload.model_extra
+        with urllib.request.urlopen(f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}", timeout=5) as r:
+            return reqs[-1] if json.load(r)["state"]["type"] == "PAUSED" else None
+
+    return wait_for(journal, proc, paused, f"a pause for {step!r}", deadline_s)
 
 
 def write_job(tmp_path: Path, spec_text: str, files: dict[str, str] | None = None, name: str = "job.yaml") -> Path:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -15,7 +12,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import longrun_cli, write_job
+from conftest import longrun_cli, wait_paused, write_job
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
@@ -36,45 +33,24 @@ quality_gates:
 """
 
 
-def start(tmp_path: Path, cli_env: dict, name: str, timeout: int = 120):
+def start(background, tmp_path: Path, cli_env: dict, name: str, timeout: int = 120):
     spec = write_job(tmp_path, SPEC.format(name=name, timeout=timeout))
     job_id = load_spec(spec).job_id
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "longrun.cli", "run", str(spec), "--json", "--root", str(tmp_path)],
-        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = background(tmp_path, cli_env, "run", str(spec))
     return spec, job_id, proc, Journal(JobPaths(tmp_path, job_id).events_file)
-
-
-def wait_for_request(journal: Journal, step: str, proc, deadline_s: float = 90):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if journal.path.exists():
-            reqs = [e for e in journal.read() if e.type == "approval_requested" and e.payload.step == step]
-            if reqs and _paused(reqs[-1]):
-                return reqs[-1]
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.3)
-    raise AssertionError(f"no pause for {step}")
-
-
-def _paused(request) -> bool:
-    extra = request.payload.model_extra
-    with urllib.request.urlopen(f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}", timeout=5) as r:
-        return json.load(r)["state"]["type"] == "PAUSED"
 
 
 def decisions(journal: Journal):
     return [(e.type, e.payload.step, e.payload.approver, e.payload.comment) for e in journal.read() if e.type in ("approved", "rejected")]
 
 
-def test_approve_by_cli_both_checkpoints(cli_env, tmp_path):
-    spec, job_id, proc, journal = start(tmp_path, cli_env, "ok-by-cli")
-    wait_for_request(journal, "before-work", proc)
+def test_approve_by_cli_both_checkpoints(background, cli_env, tmp_path):
+    spec, job_id, proc, journal = start(background, tmp_path, cli_env, "ok-by-cli")
+    wait_paused(journal, "before-work", proc)
     assert not (tmp_path / "ws" / "ran.txt").exists()  # nothing ran before the approval
     a = longrun_cli("approve", job_id, "--step", "before-work", "--approver", "alice", "--comment", "go", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
     assert a.returncode == 0 and "resumed paused flow run" in a.stdout, a.stderr
-    req = wait_for_request(journal, "release", proc)
+    req = wait_paused(journal, "release", proc)
     assert req.payload.model_extra["key"] == "release-1-1"
     b = longrun_cli("approve", job_id, "--step", "release", "--approver", "bob", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
     assert b.returncode == 0, b.stderr
@@ -90,10 +66,13 @@ def test_approve_by_cli_both_checkpoints(cli_env, tmp_path):
     assert keys == ["before-work-1-1", "release-1-1"]
 
 
-def test_approve_by_rest_api(cli_env, tmp_path):
-    spec, job_id, proc, journal = start(tmp_path, cli_env, "ok-by-rest")
+def test_approve_by_rest_api(background, cli_env, tmp_path):
+    spec, job_id, proc, journal = start(background, tmp_path, cli_env, "ok-by-rest")
+    tail = None
     for step, approver in (("before-work", "carol"), ("release", "dave")):
-        req = wait_for_request(journal, step, proc)
+        req = wait_paused(journal, step, proc)
+        # A follower started while the run waits for a human keeps following: the run is paused, not over.
+        tail = tail or background(tmp_path, cli_env, "tail", job_id, "--follow", "-n", "0")
         extra = req.payload.model_extra
         body = json.dumps({"run_input": {"decision": "approve", "approver": approver, "comment": "via REST"}}).encode()
         r = urllib.request.urlopen(urllib.request.Request(
@@ -103,11 +82,16 @@ def test_approve_by_rest_api(cli_env, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert decisions(journal) == [("approved", "before-work", "carol", "via REST"), ("approved", "release", "dave", "via REST")]
+    followed, err = tail.communicate(timeout=30)
+    assert tail.returncode == 0, err
+    types = [json.loads(line)["type"] for line in followed.splitlines()]
+    assert types[0] == "approved" and "approval_requested" in types and types.count("approved") == 2, types
+    assert "run_completed" in types, types
 
 
-def test_reject_ends_the_run_rejected(cli_env, tmp_path):
-    spec, job_id, proc, journal = start(tmp_path, cli_env, "rejected")
-    wait_for_request(journal, "before-work", proc)
+def test_reject_ends_the_run_rejected(background, cli_env, tmp_path):
+    spec, job_id, proc, journal = start(background, tmp_path, cli_env, "rejected")
+    wait_paused(journal, "before-work", proc)
     r = longrun_cli("approve", job_id, "--step", "before-work", "--approver", "erin", "--reject", "--comment", "not today",
                     "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
     assert r.returncode == 0, r.stderr
@@ -120,8 +104,8 @@ def test_reject_ends_the_run_rejected(cli_env, tmp_path):
     assert again.returncode == 5 and not (tmp_path / "ws" / "ran.txt").exists()
 
 
-def test_timeout_is_journaled_and_the_job_resumes_after_approval(cli_env, tmp_path):
-    spec, job_id, proc, journal = start(tmp_path, cli_env, "timed-out", timeout=3)
+def test_timeout_is_journaled_and_the_job_resumes_after_approval(background, cli_env, tmp_path):
+    spec, job_id, proc, journal = start(background, tmp_path, cli_env, "timed-out", timeout=3)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 6, err
     assert json.loads(out)["status"] == "WAITING_APPROVAL"
@@ -130,11 +114,8 @@ def test_timeout_is_journaled_and_the_job_resumes_after_approval(cli_env, tmp_pa
     a = longrun_cli("approve", job_id, "--step", "before-work", "--approver", "frank", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
     assert a.returncode == 0 and "longrun resume" in a.stdout, a.stdout + a.stderr
     # The second checkpoint (release) must be answered while the resumed run waits.
-    proc2 = subprocess.Popen(
-        [sys.executable, "-m", "longrun.cli", "resume", job_id, "--json", "--root", str(tmp_path)],
-        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    wait_for_request(journal, "release", proc2)
+    proc2 = background(tmp_path, cli_env, "resume", job_id)
+    wait_paused(journal, "release", proc2)
     longrun_cli("approve", job_id, "--step", "release", "--approver", "grace", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
     out2, err2 = proc2.communicate(timeout=120)
     assert proc2.returncode == 0, err2

@@ -24,9 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -37,7 +35,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import PrefectServer, write_job
+from conftest import PrefectServer, stop_group, wait_paused, write_job
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -86,20 +84,6 @@ UI_TIMEOUT_MS = 30_000
 
 
 # ------------------------------------------------------------------ processes
-
-
-def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
-    """End a process started with ``start_new_session=True`` and its whole group."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def _get(url: str, timeout: float = 2) -> tuple[int, str, str]:
@@ -155,7 +139,7 @@ def browser(tmp_path_factory):
     finally:
         if pw is not None:
             pw.stop()
-        _stop(proc, grace=10)
+        stop_group(proc, grace=10)
         log.close()
 
 
@@ -171,35 +155,7 @@ def page(browser):
     context.close()
 
 
-@pytest.fixture
-def run_proc():
-    """The ``longrun run`` subprocess; ended by its pid if the test leaves it running."""
-    procs: list[subprocess.Popen] = []
-    yield procs.append
-    for proc in procs:
-        _stop(proc)
-
-
 # ------------------------------------------------------------------ helpers
-
-
-def _wait_paused(journal: Journal, step: str, api: str, proc: subprocess.Popen, deadline_s: float = 60):
-    """The ``approval_requested`` event of ``step``, once Prefect shows the flow run PAUSED."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if journal.path.exists():
-            reqs = [e for e in journal.read() if e.type == "approval_requested" and e.payload.step == step]
-            if reqs:
-                extra = reqs[-1].payload.model_extra
-                assert extra["api_url"] == api
-                with urllib.request.urlopen(f"{api}/flow_runs/{extra['flow_run_id']}", timeout=5) as r:
-                    if json.load(r)["state"]["type"] == "PAUSED":
-                        return extra
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"longrun run exited {proc.returncode} before pausing at {step}:\n{out}\n{err}")
-        time.sleep(0.3)
-    raise AssertionError(f"no pause for {step} within {deadline_s}s")
 
 
 def _shot(page, name: str) -> Path:
@@ -264,28 +220,25 @@ def approve_in_v2(page, base: str, flow_run_id: str, job_id: str, approver: str,
 # ------------------------------------------------------------------ the test
 
 
-def test_approve_in_the_prefect_ui_and_see_the_completed_run(ui_server, page, run_proc, tmp_path):
+def test_approve_in_the_prefect_ui_and_see_the_completed_run(ui_server, page, background, tmp_path):
     base, api = ui_server["base"], ui_server["api"]
     spec = write_job(tmp_path, SPEC.format(name="ui-approval"))
     job_id = load_spec(spec).job_id
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": ui_server["home"], "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "longrun.cli", "run", str(spec), "--json", "--root", str(tmp_path)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    run_proc(proc)
+    proc = background(tmp_path, env, "run", str(spec))
     journal = Journal(JobPaths(tmp_path, job_id).events_file)
 
     step = "start"
     try:
         step = "before-work (V1 UI)"
-        req = _wait_paused(journal, "before-work", api, proc)
+        req = wait_paused(journal, "before-work", proc, deadline_s=60).payload.model_extra
+        assert req["api_url"] == api
         flow_run_id = req["flow_run_id"]
         assert not (tmp_path / "ws" / "ran.txt").exists()  # nothing ran before the approval
         approve_in_v1(page, base, flow_run_id, job_id, "ui-alice", "looks good in v1")
 
         step = "release (V2 UI)"
-        req = _wait_paused(journal, "release", api, proc)
+        req = wait_paused(journal, "release", proc, deadline_s=60).payload.model_extra
         assert req["flow_run_id"] == flow_run_id  # one flow run, paused twice
         approve_in_v2(page, base, flow_run_id, job_id, "ui-bob", "ship it from v2")
 

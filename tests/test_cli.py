@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from longrun.jobs import register
 from longrun.journal import Journal
 from longrun.spec import load_spec
 
-from conftest import EXAMPLES, REPO, longrun_cli, write_job
+from conftest import EXAMPLES, REPO, longrun_cli, wait_for, write_job
 
 BROKEN = {
     "yaml-syntax": ("name: x\ngoal: [unclosed\n", ["$"]),
@@ -268,6 +269,42 @@ def test_bad_workspace_input_is_refused_before_prefect_starts(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("path_escape") and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("store", "code", "says"),
+    [
+        ("../elsewhere", "path_escape", "evidence.store"),
+        ("longrun-s3-evidence-store/", "evidence_store_invalid", "'<block-type-slug>/<block-name>'"),
+        ("s3:///runs", "evidence_store_invalid", "names no bucket"),
+        ("'  '", "evidence_store_invalid", "evidence.store is empty"),
+    ],
+)
+def test_bad_evidence_store_is_refused_before_anything_runs(tmp_path, store, code, says):
+    spec = write_job(
+        tmp_path,
+        "name: bad-store\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
+        f"model_policy: {{default: m}}\nstages: [{{id: a, run: [python, -c, 'open(\"ran\", \"w\")']}}]\n"
+        f"evidence: {{store: {store}}}\n",
+    )
+    for command in ("run", "deploy"):
+        r = longrun_cli(command, str(spec), "--json", "--root", str(tmp_path), cwd=tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        err = json.loads(r.stdout)["error"]
+        assert err["code"] == code and says in err["message"], err
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / ".maestro").exists() and not (tmp_path / "ws").exists()
+
+
+def test_main_sets_the_offline_prefect_defaults_for_every_command(tmp_path, monkeypatch, capsys):
+    """``longrun evidence`` and the rest load Prefect only after these are set; the user's values win."""
+    from longrun import cli
+
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DEBUG")
+    assert cli.main(["list", "--root", str(tmp_path)]) == 0
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "DEBUG"
+
+
 def test_options_before_the_command_and_tail_n(tmp_path):
     loaded, record = _registered_job(tmp_path)
     r = longrun_cli("--json", "--root", str(tmp_path), "status", loaded.job_id, cwd=tmp_path.parent)
@@ -304,7 +341,7 @@ def test_prefect_cli_can_list_runs_on_the_pinned_server(cli_env, tmp_path):
 
 
 @pytest.mark.prefect
-def test_a_running_job_is_not_started_twice(cli_env, tmp_path):
+def test_a_running_job_is_not_started_twice(background, cli_env, tmp_path):
     spec = write_job(
         tmp_path,
         "name: busy\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
@@ -312,29 +349,40 @@ def test_a_running_job_is_not_started_twice(cli_env, tmp_path):
         "quality_gates: {required: [{id: ok, kind: command_pass, run: [python, -c, 'pass']}]}\n",
     )
     job_id = load_spec(spec).job_id
-    first = subprocess.Popen(
-        [sys.executable, "-m", "longrun.cli", "run", str(spec), "--root", str(tmp_path)],
-        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        journal = Journal(tmp_path / ".maestro" / "jobs" / job_id / "events.jsonl")
-        deadline = time.monotonic() + 90
-        while not (journal.path.exists() and any(e.type == "stage_started" for e in journal.read())):
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.2)
-        second = longrun_cli("run", str(spec), "--json", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
-        assert second.returncode == 2, second.stdout + second.stderr
-        err = json.loads(second.stdout)["error"]
-        assert err["code"] == "job_already_running" and f"pid {first.pid}" in err["message"]
-        assert journal.state().status == "RUNNING"  # the live run's journal is untouched
-        assert [e.type for e in journal.read()].count("run_started") == 1  # the refused run journaled no start
-    finally:
-        first.kill()
-        first.wait(timeout=30)
+    first = background(tmp_path, cli_env, "run", str(spec))
+    journal = Journal(tmp_path / ".maestro" / "jobs" / job_id / "events.jsonl")
+    wait_for(journal, first, lambda events: any(e.type == "stage_started" for e in events) or None, "stage_started")
+    second = longrun_cli("run", str(spec), "--json", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert second.returncode == 2, second.stdout + second.stderr
+    err = json.loads(second.stdout)["error"]
+    assert err["code"] == "job_already_running" and f"pid {first.pid}" in err["message"]
+    assert journal.state().status == "RUNNING"  # the live run's journal is untouched
+    assert [e.type for e in journal.read()].count("run_started") == 1  # the refused run journaled no start
 
 
-def test_every_stable_error_code_is_documented():
-    from longrun.errors import STABLE_CODES
+def test_every_stable_error_code_is_documented_with_its_exit_code():
+    from longrun.errors import EXIT_CODES
 
     text = (REPO / "docs" / "cli.md").read_text()
-    assert [c for c in STABLE_CODES if f"`{c}`" not in text] == []
+    table = text[text.index("## Error codes"):]
+    documented = {
+        m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_]+)` \| ([0-9]+|–) \|", table, flags=re.M)
+    }
+    assert documented == {code: "–" if exit is None else str(exit) for code, exit in EXIT_CODES.items()}
+
+
+@pytest.mark.parametrize(
+    ("code", "exit"), [("job_invalid_spec", 2), ("deployment_ambiguous", 2), ("evidence_store_invalid", 2),
+                       ("gate_failed", 1), ("evidence_upload_failed", 7), ("stage_failed", 1), ("no_such_code", 1)],
+)
+def test_main_exits_with_the_code_s_exit(code, exit, monkeypatch, capsys):
+    """``main`` maps a LongrunError through the one table (codes that never end a command, and unknown ones: 1)."""
+    from longrun import cli
+    from longrun.errors import LongrunError
+
+    def boom(args, out):
+        raise LongrunError("boom", code=code)
+
+    monkeypatch.setattr(cli, "cmd_status", boom)  # main() builds its parser, and binds fn, when called
+    assert cli.main(["status", "x"]) == exit
+    assert capsys.readouterr().err == f"{code}: boom\n"

@@ -101,3 +101,17 @@ def test_run_publishes_evidence_artifacts_in_prefect(prefect_server, tmp_path):
     assert link and link[0].type in ("link", "markdown") and "evidence bundle" in str(link[0].data)
     assert f"{loaded.job_id}.tar.gz" in str(link[0].data)
     assert md and md[0].type == "markdown" and loaded.job_id in md[0].data
+
+
+def test_a_store_block_that_does_not_exist_is_refused_before_any_work(cli_env, tmp_path):
+    """Learn of a missing block at the start, not after an unattended run did its work."""
+    spec = write_job(tmp_path, SPEC.replace('"s3://{bucket}/runs"', "longrun-s3-evidence-store/never-saved").format())
+    job_id = load_spec(spec).job_id
+    r = longrun_cli("run", str(spec), "--json", "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert (out["status"], out["code"]) == ("FAILED", "evidence_store_invalid")
+    assert "never-saved" in out["message"] and "Traceback" not in r.stderr
+    events = Journal(JobPaths(tmp_path, job_id).events_file).read()
+    assert [e.type for e in events] == ["job_registered", "run_failed"]  # no iteration, no stage
+    assert not (tmp_path / "ws" / "out.txt").exists()

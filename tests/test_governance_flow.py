@@ -36,7 +36,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import longrun_cli, write_job
+from conftest import longrun_cli, wait_paused, write_job
 
 pytestmark = pytest.mark.prefect
 
@@ -408,47 +408,6 @@ quality_gates: {{required: [{NEVER}]}}
     assert t.index("checkpoint_written") < t.index("iteration_finished") < t.index("run_failed")
 
 
-@pytest.fixture
-def background():
-    """Start ``longrun <args> --json --root ROOT`` in the background; whatever is left is killed at teardown.
-
-    (A run paused for a human would otherwise wait up to its approval timeout.)
-    """
-    procs: list[subprocess.Popen] = []
-
-    def start(root: Path, env: dict, *args: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "longrun.cli", *args, "--json", "--root", str(root)],
-            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
-
-
-def wait_paused(root: Path, job_id: str, step: str, proc: subprocess.Popen, deadline_s: float = 90):
-    """The ``approval_requested`` of ``step``, once Prefect shows its flow run PAUSED."""
-    import urllib.request
-
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if JobPaths(root, job_id).events_file.exists():
-            reqs = [e for e in events(root, job_id, "approval_requested") if e.payload.step == step]
-            if reqs:
-                extra = reqs[-1].payload.model_extra
-                with urllib.request.urlopen(f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}", timeout=5) as r:
-                    if json.load(r)["state"]["type"] == "PAUSED":
-                        return reqs[-1]
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.3)
-    raise AssertionError(f"the run never paused for {step!r}")
-
-
 ESCALATE = """
 stages: [{{id: work, run: [python, stage.py], env: {{COUNTER: "{counter}"}}}}]
 quality_gates:
@@ -467,7 +426,7 @@ def test_escalate_pauses_for_a_human_and_cli_approval_continues(cli_env, backgro
     spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=1), name="escalate-policy")
     job_id = load_spec(spec).job_id
     proc = background(tmp_path, cli_env, "run", str(spec))
-    wait_paused(tmp_path, job_id, "escalate:ready", proc)
+    wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
     # One automatic retry first (max_retries: 1), then the human.
     esc = events(tmp_path, job_id, "escalated")
     assert [(e.payload.iteration, e.payload.gate, e.payload.step) for e in esc] == [(2, "ready", "escalate:ready")]
@@ -496,12 +455,27 @@ def test_escalate_pauses_for_a_human_and_cli_approval_continues(cli_env, backgro
     assert t.index("escalated") < t.index("approved") < t.index("run_completed")
 
 
+def test_an_approvals_entry_sets_the_escalation_wait(cli_env, tmp_path):
+    """`approvals: [{escalate: ready, timeout: 2}]`: the escalation waits 2 s, not the default hour."""
+    counter, go = tmp_path / "counter.txt", tmp_path / "go"
+    body = ESCALATE.format(counter=counter, go=go, retries=0) + "approvals: [{escalate: ready, timeout: 2, poll_interval: 1}]\n"
+    spec = job(tmp_path, body, name="escalate-timeout")
+    job_id = load_spec(spec).job_id
+    r = cli("run", str(spec), "--json", root=tmp_path, env=cli_env)
+    assert r.returncode == 6, r.stdout + r.stderr
+    assert json.loads(r.stdout)["status"] == "WAITING_APPROVAL"
+    (timed_out,) = events(tmp_path, job_id, "approval_timeout")
+    assert (timed_out.payload.step, timed_out.payload.timeout_s) == ("escalate:ready", 2)
+    assert counter_lines(counter) == ["work 1"]  # no checkpoint of its own: the stage ran first
+    assert [e.type for e in events(tmp_path, job_id) if e.type in ("escalated", "approval_requested")][0] == "escalated"
+
+
 def test_escalation_rejected_ends_the_job(cli_env, background, tmp_path):
     counter, go = tmp_path / "counter.txt", tmp_path / "go"
     spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=0), name="escalate-reject")
     job_id = load_spec(spec).job_id
     proc = background(tmp_path, cli_env, "run", str(spec))
-    wait_paused(tmp_path, job_id, "escalate:ready", proc)
+    wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
     assert [e.payload.iteration for e in events(tmp_path, job_id, "escalated")] == [1]  # max_retries 0: at once
     r = cli("approve", job_id, "--step", "escalate:ready", "--approver", "carol", "--reject", root=tmp_path, env=cli_env)
     assert r.returncode == 0, r.stderr
@@ -528,7 +502,7 @@ def test_escalation_approved_while_the_engine_was_down_is_honoured(cli_env, back
     spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=1), name="escalate-crash")
     job_id = load_spec(spec).job_id
     proc = background(tmp_path, cli_env, "run", str(spec))
-    wait_paused(tmp_path, job_id, "escalate:ready", proc)
+    wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
@@ -585,7 +559,7 @@ def test_resumed_escalation_is_not_escalated_again(cli_env, background, tmp_path
     spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=0), name="escalate-resume")
     job_id = load_spec(spec).job_id
     proc = background(tmp_path, cli_env, "run", str(spec))
-    wait_paused(tmp_path, job_id, "escalate:ready", proc)
+    wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     go.touch()
@@ -628,7 +602,7 @@ def test_approval_gate_pauses_until_approved_by_cli(cli_env, background, tmp_pat
     spec = approval_gate_job(tmp_path, counter, "approval-live")
     job_id = load_spec(spec).job_id
     proc = background(tmp_path, cli_env, "run", str(spec))
-    req = wait_paused(tmp_path, job_id, "release", proc)
+    req = wait_paused(journal(tmp_path, job_id), "release", proc)
     assert req.payload.iteration == 1
     gates = {e.payload.gate: e.payload for e in events(tmp_path, job_id, "gate_evaluated")}
     assert gates["ok"].passed is True and gates["release"].passed is False
@@ -924,6 +898,17 @@ quality_gates:
     assert (ws / "src" / "new_2.py").read_text() == "N = 2\n"
     assert git(ws, "status", "--porcelain") == ""
     assert git(ws, "branch", "--list", f"longrun/{job_id}") == ""
+    (done,) = events(tmp_path, job_id, "patches_applied")
+    assert (done.payload.head, done.payload.patches, done.payload.repo) == (applied["head"], applied["patches"], str(ws))
+
+    # Applying again changes nothing and says so (git am alone would report success again).
+    r = cli("apply", job_id, "--json", root=tmp_path, env=cli_env)
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert again["already_applied"] is True and again["head"] == applied["head"]
+    assert git(ws, "log", "--format=%s").splitlines() == log
+    assert len(events(tmp_path, job_id, "patches_applied")) == 1
+    assert "already applied" in cli("apply", job_id, root=tmp_path, env=cli_env).stdout
 
 
 def test_worktree_flow_refuses_a_dirty_tree_without_running(prefect_server, tmp_path):

@@ -336,3 +336,30 @@ def test_follow_waits_for_missing_journal(tmp_path):
 def test_core_does_not_import_prefect():
     code = "import sys, longrun.journal, longrun.state, longrun.atomicio; assert 'prefect' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_event_type_is_documented_with_its_payload_fields():
+    """docs/concepts.md has a row per event type naming each payload field."""
+    import re
+
+    from longrun.events import PAYLOAD_TYPES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_]+)` \| [^|]+ \| ([^\n]+) \|$", text, flags=re.M)}
+    missing = sorted(t for t in PAYLOAD_TYPES if t not in rows)
+    assert missing == []
+    undocumented = {t: [f for f in cls.model_fields if f"`{f}`" not in rows[t]] for t, cls in PAYLOAD_TYPES.items()}
+    assert {t: fs for t, fs in undocumented.items() if fs} == {}
+
+
+def test_patches_applied_is_folded_without_changing_the_status():
+    head, jid, ts = "a" * 40, "0" * 12, datetime(2026, 11, 22, tzinfo=UTC)
+    events = [
+        build_event("job_registered", {"job_id": jid, "name": "x", "spec_sha256": "0" * 64, "root": "/r"}, seq=1, job_id=jid, ts=ts),
+        build_event("patches_applied", {"repo": "/r", "patches": ["0001-a.patch"], "head": head}, seq=2, job_id=jid, ts=ts),
+    ]
+    state = replay(events)
+    assert state.status == "PENDING"
+    assert (state.patches_applied["head"], list(state.patches_applied["patches"])) == (head, ["0001-a.patch"])
+    with pytest.raises(ValidationError):
+        build_event("patches_applied", {"repo": "/r", "patches": [], "head": "not-a-sha"}, seq=3, job_id=jid, ts=ts)

@@ -287,6 +287,9 @@ BROKEN = [
     ("unknown-depends-on", "stages[1].depends_on", ["nope"], ["stages[1].depends_on[0]"]),
     ("self-dependency", "stages[0].depends_on", ["plan"], ["stages[0].depends_on[0]"]),
     ("unknown-approval-stage", "approvals[0].before", "deploy", ["approvals[0].before"]),
+    ("escalate-unknown-gate", "approvals[0]", {"escalate": "nope"}, ["approvals[0].escalate"]),
+    ("escalate-gate-that-retries", "approvals[0]", {"escalate": "tests"}, ["approvals[0].escalate"]),
+    ("escalate-and-before", "approvals[0]", {"escalate": "tests", "before": "plan"}, ["approvals[0]", "approvals[0].escalate"]),
     ("stage-tool-not-allowed", "stages[0].run[0]", "bash", ["stages[0].run[0]"]),
     ("gate-tool-not-allowed", "quality_gates.required[0].run[0]", "pytest", ["quality_gates.required[0].run[0]"]),
     ("workspace-escape", "workspace", {"path": "../x"}, ["workspace.path"]),
@@ -303,6 +306,23 @@ def test_broken_spec_reports_exact_paths(path, value, expected):
     found = problems(set_path(base(), path, value))
     assert sorted(p.path for p in found) == expected, found
     assert all(p.file == "job.yaml" for p in found)
+
+
+def test_an_escalate_entry_sets_how_the_escalation_waits():
+    data = set_path(base(), "quality_gates.required[0].on_failure", {"action": "escalate", "max_retries": 1})
+    data = set_path(data, "approvals", [{"before": "plan"}, {"escalate": "tests", "timeout": 30, "poll_interval": 1, "mode": "suspend"}])
+    spec = parse_spec_text(yaml.safe_dump(data), file="job.yaml")
+    entry = spec.approvals[1]
+    assert (entry.step_name, entry.timeout, entry.poll_interval, entry.mode) == ("escalate:tests", 30, 1, "suspend")
+    # The job-wide on_failure counts for a gate that sets none.
+    data = set_path(base(), "on_failure", {"action": "escalate"})
+    data = set_path(data, "approvals", [{"escalate": "tests"}])
+    assert parse_spec_text(yaml.safe_dump(data), file="job.yaml").approvals[0].step_name == "escalate:tests"
+    # Its step name is fixed; the messages say why an entry is refused.
+    data = set_path(base(), "approvals", [{"escalate": "tests", "step": "x"}])
+    assert "drop 'step'" in problems(data)[0].message
+    data = set_path(base(), "approvals", [{"escalate": "tests"}])
+    assert "does not escalate (its on_failure action is 'retry')" in problems(data)[0].message
 
 
 def test_messages_say_what_is_wrong():

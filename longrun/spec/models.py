@@ -218,6 +218,11 @@ class Approval(_Model):
 
     before: str | None = Field(None, description="Stage id to pause before.")
     after: Literal["gates"] | None = Field(None, description="'gates': a final approval before completion.")
+    escalate: str | None = Field(
+        None,
+        description="A required gate id whose on_failure action is escalate: this entry sets how its "
+        "escalation (step escalate:<gate>) waits. Adds no checkpoint of its own.",
+    )
     step: str | None = Field(None, pattern=ID_PATTERN, description="Name of the step; default before-<stage> / after-gates.")
     when: Literal["first_iteration", "every_iteration"] = "first_iteration"
     timeout: float = Field(3600, gt=0, le=30 * 24 * 3600, description="Seconds to wait before approval_timeout.")
@@ -231,12 +236,16 @@ class Approval(_Model):
 
     @model_validator(mode="after")
     def _one_anchor(self) -> "Approval":
-        if (self.before is None) == (self.after is None):
-            raise ValueError("set exactly one of 'before' (a stage id) or 'after: gates'")
+        if sum(x is not None for x in (self.before, self.after, self.escalate)) != 1:
+            raise ValueError("set exactly one of 'before' (a stage id), 'after: gates' or 'escalate' (a gate id)")
+        if self.escalate is not None and self.step is not None:
+            raise ValueError("an 'escalate' entry's step is always escalate:<gate>; drop 'step'")
         return self
 
     @property
     def step_name(self) -> str:
+        if self.escalate is not None:
+            return f"escalate:{self.escalate}"
         return self.step or (f"before-{self.before}" if self.before else "after-gates")
 
 
@@ -396,9 +405,25 @@ def cross_check(data: dict) -> list[tuple[str, str]]:
     for i, a in enumerate(approvals):
         if isinstance(a, dict) and isinstance(a.get("before"), str) and a["before"] not in seen:
             errors.append((f"approvals[{i}].before", f"unknown stage {a['before']!r}"))
+        if isinstance(a, dict) and isinstance(a.get("escalate"), str):
+            if (why := _not_escalating(data, gates, a["escalate"])) is not None:
+                errors.append((f"approvals[{i}].escalate", why))
     if not errors:
         _check_acyclic(stages, errors)
     return errors
+
+
+def _not_escalating(data: dict, gates: dict, gate_id: str) -> str | None:
+    """Why ``gate_id`` cannot be escalated (None: it is a required gate whose on_failure escalates)."""
+    required = gates.get("required") if isinstance(gates.get("required"), list) else []
+    gate = next((g for g in required if isinstance(g, dict) and g.get("id") == gate_id), None)
+    if gate is None:
+        return f"unknown required gate {gate_id!r}"
+    policy = gate.get("on_failure") if isinstance(gate.get("on_failure"), dict) else data.get("on_failure")
+    action = policy.get("action", "retry") if isinstance(policy, dict) else "retry"
+    if action != "escalate":
+        return f"gate {gate_id!r} does not escalate (its on_failure action is {action!r})"
+    return None
 
 
 def _check_acyclic(stages: list, errors: list[tuple[str, str]]) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "S3Store",
     "StoredObject",
     "check_key",
+    "check_store_ref",
     "parse_s3_uri",
     "resolve_store",
 ]
@@ -89,6 +90,17 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def check_store_ref(spec_store: str | None, root: Path) -> None:
+    """Refuse a malformed ``evidence.store`` before a run starts, without loading anything.
+
+    Raises what :func:`resolve_store` would for the reference's form (an empty
+    reference, an ``s3://`` URI without a bucket, a block reference without a
+    name, a path that leaves ``root``); whether a named block exists is only
+    known once Prefect is asked.
+    """
+    _parse_ref(spec_store, root)
+
+
 def resolve_store(spec_store: str | None, root: Path) -> EvidenceStore:
     """The store a spec's ``evidence.store`` names.
 
@@ -103,28 +115,39 @@ def resolve_store(spec_store: str | None, root: Path) -> EvidenceStore:
     Raises :class:`EvidenceStoreInvalid` for a block that cannot be loaded and
     :class:`~longrun.errors.PathEscape` for a path that leaves ``root``.
     """
+    kind, where = _parse_ref(spec_store, root)
+    if kind == "s3":
+        from longrun.storage.s3 import S3Store
+
+        return S3Store.from_uri(where)
+    if kind == "block":
+        return _load_block(*where.split("/", 1))
     from longrun.storage.local import LocalDirStore
 
+    return LocalDirStore(Path(where))
+
+
+def _parse_ref(spec_store: str | None, root: Path) -> tuple[str, str]:
+    """``("local", directory)``, ``("s3", uri)`` or ``("block", "<slug>/<name>")``."""
     root = Path(root)
     if spec_store is None:
-        return LocalDirStore(root / MAESTRO / "evidence")
+        return "local", str(root / MAESTRO / "evidence")
     ref = spec_store.strip()
     if not ref:
         raise EvidenceStoreInvalid("evidence.store is empty")
     if ref.startswith("s3://"):
-        from longrun.storage.s3 import S3Store
-
-        return S3Store.from_uri(ref)
+        parse_s3_uri(ref)
+        return "s3", ref
     slug, sep, name = ref.partition("/")
     if sep and slug in BLOCK_SLUGS:
-        return _load_block(slug, name)
-    return LocalDirStore(safe_join(root, ref, what="evidence.store"))
+        if not name or "/" in name:
+            raise EvidenceStoreInvalid(f"'{slug}/{name}' is not '<block-type-slug>/<block-name>'")
+        return "block", ref
+    return "local", str(safe_join(root, ref, what="evidence.store"))
 
 
 def _load_block(slug: str, name: str) -> EvidenceStore:
     """Load a saved longrun evidence block and return its core store (imports Prefect)."""
-    if not name or "/" in name:
-        raise EvidenceStoreInvalid(f"'{slug}/{name}' is not '<block-type-slug>/<block-name>'")
     # The one edge from the core to the Prefect adapters, taken only for a block reference.
     from longrun.blocks.evidence import BLOCK_CLASSES
 
