@@ -514,6 +514,31 @@ def cmd_apply(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def cmd_prune(args: argparse.Namespace, out: Out) -> int:
+    """Retention: old checkpoints of finished jobs (kept in their evidence bundles) and worktrees."""
+    from datetime import UTC, datetime
+
+    from longrun.jobs import find_job, list_jobs
+    from longrun.prune import parse_age, prune_job
+
+    root = _root(args)
+    older_than = parse_age(args.older_than)
+    records = [find_job(root, ref) for ref in args.jobs] if args.jobs else list_jobs(root)
+    now = datetime.now(UTC)
+    results = [
+        prune_job(r, root, older_than=older_than, keep_last=args.keep_last, now=now, dry_run=args.dry_run, by=args.by)
+        for r in records
+    ]
+    if out.json:
+        print(json.dumps({"dry_run": args.dry_run, "jobs": [r.to_dict() for r in results]}, sort_keys=True))
+    elif not results:
+        print("no jobs under " + str(root))
+    else:
+        for r in results:
+            print(r.line())
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -578,6 +603,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("apply", parents=[common], help="apply a worktree job's patches to the main tree with git am")
     s.add_argument("job", metavar="JOB")
     s.set_defaults(fn=cmd_apply)
+
+    s = sub.add_parser(
+        "prune", parents=[common],
+        help="free disk: old checkpoints of finished jobs (their evidence bundle keeps them) and worktrees; "
+        "never an active job",
+    )
+    s.add_argument("jobs", nargs="*", metavar="JOB", help="jobs to prune (default: every job under the root)")
+    s.add_argument("--older-than", default="7d", metavar="AGE", help="only jobs whose last event is at least this old: 30m, 12h, 7d, 0 (default 7d)")
+    s.add_argument("--keep-last", type=int, default=1, metavar="N", help="keep the checkpoints of the last N iterations (default 1)")
+    s.add_argument("--dry-run", action="store_true", help="report what would be removed; remove nothing")
+    s.add_argument("--by", default=None, help="who prunes (journaled)")
+    s.set_defaults(fn=cmd_prune)
 
     from longrun.cli_deploy import register as register_deploy
 

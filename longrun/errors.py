@@ -183,6 +183,7 @@ EXIT_CODES: dict[str, int | None] = {
     "apply_nothing": _BAD,
     "evidence_missing": _BAD,
     "evidence_store_invalid": _BAD,
+    "evidence_pruned": _BAD,
     "deployment_not_found": _BAD,
     "deployment_ambiguous": _BAD,
     "deployment_not_longrun": _BAD,

@@ -239,6 +239,14 @@ class PatchesApplied(Payload):
     head: str = Field(pattern=r"^[0-9a-f]{40}$", description="The main tree's HEAD after git am.")
 
 
+class Pruned(Payload):
+    """``longrun prune`` removed checkpoint iterations (kept in the evidence bundle) and/or the job's worktree."""
+
+    iterations: list[int] = Field(description="Checkpoint iterations removed from disk.")
+    worktree: str | None = Field(None, description="The worktree removed (its branch is kept).")
+    by: str | None = None
+
+
 class _ApprovalPayload(Payload):
     step: str = Field(min_length=1)
     iteration: int | None = Field(None, ge=0)
@@ -390,6 +398,11 @@ class PatchesAppliedEvent(Event):
     payload: PatchesApplied
 
 
+class PrunedEvent(Event):
+    type: Literal["pruned"] = "pruned"
+    payload: Pruned
+
+
 class ApprovalRequestedEvent(Event):
     type: Literal["approval_requested"] = "approval_requested"
     payload: ApprovalRequested
@@ -475,6 +488,7 @@ _EVENT_CLASSES: tuple[type[Event], ...] = (
     EvidenceUploadedEvent,
     EvidenceUploadFailedEvent,
     PatchesAppliedEvent,
+    PrunedEvent,
 )
 
 #: type name → envelope class.

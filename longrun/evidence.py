@@ -46,7 +46,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from longrun import atomicio
-from longrun.errors import EvidenceMismatch, EvidenceMissing, JournalCorrupt, PathEscape
+from longrun.errors import EvidenceMismatch, EvidenceMissing, JournalCorrupt, LongrunError, PathEscape
 from longrun.events import Event, format_ts, parse_event
 from longrun.paths import MAESTRO, JobPaths, check_job_id, safe_join
 from longrun.state import RunState, replay
@@ -206,6 +206,13 @@ def build_bundle(
     if not events:
         raise EvidenceMissing(f"job {job_id} has an empty journal at {paths.events_file}")
     state = replay(events)
+    if state.pruned_iterations:
+        # The files are gone from disk: a new bundle would silently lack them.
+        raise LongrunError(
+            f"job {job_id}: the checkpoints of iteration(s) {', '.join(map(str, state.pruned_iterations))} were pruned; "
+            f"the bundle built before (verify it with: longrun verify {job_id}) is the job's evidence and is not rebuilt",
+            code="evidence_pruned",
+        )
     spec_bytes = paths.spec_file.read_bytes()
 
     sources = [_Source(EVENTS_MEMBER, data=journal_bytes), _Source(SPEC_MEMBER, path=paths.spec_file)]
@@ -257,6 +264,24 @@ def load_bundle(root: Path, job_id: str) -> BundleResult:
     if problems:
         raise EvidenceMismatch(f"{manifest_path}: " + "; ".join(m.problem for m in problems))
     return BundleResult.from_manifest(job_id, tar_path, manifest_path, manifest)
+
+
+def bundle_members(root: Path, job_id: str) -> dict[str, str]:
+    """Member name → sha256 of the job's bundle, once the bundle verifies against its manifest.
+
+    Raises :class:`EvidenceMissing` without a bundle and
+    :class:`EvidenceMismatch` when it does not verify.
+    """
+    bundle = load_bundle(root, job_id)
+    verify(bundle.manifest_path, bundle.tar_path).raise_for_mismatch()
+    return {s["name"]: s["digest"]["sha256"] for s in bundle.manifest["subject"]}
+
+
+def checkpoint_members(root: Path, job_id: str, iterations: Iterable[int]) -> list[tuple[str, Path]]:
+    """``(bundle member name, file)`` of the checkpoint files of ``iterations``, as a bundle would hold them."""
+    wanted = {str(i) for i in iterations}
+    sources = _checkpoint_sources(JobPaths(Path(root), check_job_id(job_id)).checkpoints)
+    return [(src.name, src.path) for src in sources if src.path is not None and src.name.split("/")[1] in wanted]
 
 
 def _manifest_text(manifest: Mapping[str, Any]) -> str:
@@ -682,9 +707,18 @@ def _disk_path(root: Path, paths: JobPaths, name: str) -> Path | None:
     return None
 
 
+def _pruned_iterations(paths: JobPaths) -> tuple[int, ...]:
+    """Iterations ``longrun prune`` removed, from the journal on disk (() if it cannot be read)."""
+    try:
+        return replay(_parse_journal(_journal_snapshot(paths.events_file), paths.events_file)).pruned_iterations
+    except (OSError, LongrunError):
+        return ()
+
+
 def _check_disk(root: Path, job_id: str, subjects: Mapping[str, Mapping[str, Any]]) -> list[Mismatch]:
     out: list[Mismatch] = []
     paths = JobPaths(root, check_job_id(job_id))
+    pruned = {f"{CHECKPOINTS_MEMBER}/{it}" for it in _pruned_iterations(paths)}
     for name in sorted(subjects):
         want_sha = subjects[name]["digest"]["sha256"]
         want_size = subjects[name]["annotations"]["size"]
@@ -697,7 +731,8 @@ def _check_disk(root: Path, job_id: str, subjects: Mapping[str, Mapping[str, Any
             out.append(Mismatch(name, "has no place among the job's files", "disk"))
             continue
         if not _is_regular(path):
-            out.append(Mismatch(name, f"missing on disk ({path})", "disk"))
+            if "/".join(name.split("/")[:2]) not in pruned:  # a pruned iteration lives on in the bundle
+                out.append(Mismatch(name, f"missing on disk ({path})", "disk"))
             continue
         # The journal only grows: the bundle holds a prefix of it.
         limit = want_size if name == EVENTS_MEMBER else None

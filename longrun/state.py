@@ -165,6 +165,8 @@ class RunState:
     children: tuple[str, ...] = ()
     #: The last ``patches_applied`` payload plus its ``ts`` (``longrun apply``), or None.
     patches_applied: Mapping[str, Any] | None = None
+    #: Checkpoint iterations removed by ``longrun prune`` (their files live on in the evidence bundle).
+    pruned_iterations: tuple[int, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -348,6 +350,9 @@ class _Fold:
     def _on_patches_applied(self, p: Any, ts: datetime) -> None:
         record = {**p.model_dump(mode="json"), "ts": ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
         self.v["patches_applied"] = _freeze(record)
+
+    def _on_pruned(self, p: Any, ts: datetime) -> None:
+        self.v["pruned_iterations"] = tuple(sorted(set(self.v["pruned_iterations"]) | set(p.iterations)))
 
     # -- evidence (C3): status never changes; copy-on-write like governance ------
 

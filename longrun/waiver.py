@@ -150,6 +150,7 @@ def _checkpoint_problems(paths: JobPaths, state: RunState) -> list[str]:
     problems: list[str] = []
     if state.iteration == 0:
         return ["no iteration ran: there are no checkpoints"]
+    bundled = _bundled_checkpoints(paths) if state.pruned_iterations else {}
     for it in range(1, state.iteration + 1):
         digests = state.checkpoints.get(it)
         if digests is None:
@@ -160,6 +161,10 @@ def _checkpoint_problems(paths: JobPaths, state: RunState) -> list[str]:
             file = it_dir / name
             if name not in digests:
                 problems.append(f"iteration {it}: {name} has no journaled sha256")
+            elif it in state.pruned_iterations:
+                # Pruned from disk: the (separately verified) evidence bundle holds it.
+                if bundled.get(f"checkpoints/{it}/{name}") != digests[name]:
+                    problems.append(f"iteration {it}: {name} was pruned and is not in the evidence bundle with its journaled sha256")
             elif not file.is_file():
                 problems.append(f"iteration {it}: {name} is missing ({file})")
             elif (actual := sha256_file(file)) != digests[name]:
@@ -167,6 +172,18 @@ def _checkpoint_problems(paths: JobPaths, state: RunState) -> list[str]:
                     f"iteration {it}: {name} sha256 {actual[:12]}… differs from the journaled {digests[name][:12]}…"
                 )
     return problems
+
+
+def _bundled_checkpoints(paths: JobPaths) -> dict[str, str]:
+    """Member name → sha256 from the job's manifest ({} when there is none to read)."""
+    import json
+
+    manifest = paths.evidence_dir / f"{paths.job_id}.manifest.json"
+    try:
+        subjects = json.loads(manifest.read_text(encoding="utf-8"))["subject"]
+        return {s["name"]: s["digest"]["sha256"] for s in subjects}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _gate_problems(state: RunState, required_gates: Iterable[str] | None) -> list[str]:
