@@ -238,9 +238,6 @@ def run_iterations(
     record: JobRecord = register(rt.loaded, rt.root)
     template_base = Path(source).parent if source else None
     preflight(rt.loaded, rt.root, template_base)
-    _check_store(rt)
-    ensure_workspace(rt.loaded, rt.root, template_base)
-    _check_paths(rt)  # again: a workspace created from a template may bring symlinks
     run = _Run(rt, record.journal, record.journal.state(), say)
     status = run.state.status
     if status in ("COMPLETED", "REJECTED"):
@@ -254,6 +251,9 @@ def run_iterations(
             f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({alive}); refusing to start it twice (use --force if that run is gone)",
             code="job_already_running",
         )
+    _check_store(rt)
+    ensure_workspace(rt.loaded, rt.root, template_base)
+    _check_paths(rt)  # again: a workspace created from a template may bring symlinks
     run.start_segment(resumed=run.state.iteration > 0)
     if rt.spec.isolation == "worktree":
         wt = worktree.ensure_worktree(rt.repo, rt.job_id, rt.worktree_dir)

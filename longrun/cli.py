@@ -312,6 +312,8 @@ def _state_dict(record, state) -> dict[str, Any]:
         "runs": list(state.runs),
         "last_event": {"seq": state.last_seq, "type": state.last_event_type, "ts": _ts(state.last_event_ts)},
         "stop_requested": state.stop_requested,
+        "pruned_iterations": list(state.pruned_iterations),
+        "patches_applied": dict(state.patches_applied) if state.patches_applied else None,
     }
 
 
@@ -332,6 +334,10 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     ]
     if gates:
         human.append("  gates       " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in d["gates"].items()))
+    if state.pruned_iterations:
+        human.append(f"  pruned      checkpoints of iteration(s) {', '.join(map(str, state.pruned_iterations))} (kept in the evidence bundle)")
+    if (applied := state.patches_applied) is not None:
+        human.append(f"  applied     {len(applied['patches'])} patch(es) to {applied['repo']} at {applied['ts']} (HEAD {applied['head'][:12]})")
     human.append(f"  last event  #{state.last_seq} {state.last_event_type} at {_ts(state.last_event_ts)}")
     out.emit("\n".join(human), d)
     return EXIT_OK

@@ -88,6 +88,9 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
     if problems:
         raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
     check_store_ref(loaded.spec.evidence.store, root)
+    events = JobPaths(root, loaded.job_id).events_file
+    if events.exists() and str(Journal(events).state().status) in ("COMPLETED", "REJECTED"):
+        return  # nothing will run: the run says so, whatever the workspace looks like now
     workspace, template = _workspace_and_template(loaded, root, template_base)
     if template is not None:
         if not template.is_dir():

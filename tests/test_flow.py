@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -348,3 +349,21 @@ quality_gates:
     assert [e.type for e in evs].count("run_failed") == 1
     assert js.state().status == "FAILED"
     assert (JobPaths(tmp_path, loaded.job_id).evidence_dir / f"{loaded.job_id}.tar.gz").is_file()
+
+
+def test_a_finished_job_runs_nothing_whatever_its_workspace_looks_like_now(prefect_server, tmp_path):
+    """A deployment re-running a COMPLETED job: "nothing to do", never a failure journaled over the result."""
+    spec = write_job(
+        tmp_path,
+        "name: done-once\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
+        "model_policy: {default: m}\nstages: [{id: a, run: [python, -c, 'pass']}]\n"
+        "quality_gates: {required: [{id: ok, kind: command_pass, run: [python, -c, 'pass']}]}\n",
+    )
+    assert run_flow(spec, tmp_path)["status"] == "COMPLETED"
+    shutil.rmtree(tmp_path / "ws")
+    shutil.rmtree(tmp_path / "template")  # what the run was made from is gone
+    again = run_flow(spec, tmp_path)
+    assert again["status"] == "COMPLETED"
+    types = [e.type for e in events(tmp_path, again["job_id"])]
+    assert "run_failed" not in types and types.count("run_started") == 1
+    assert not (tmp_path / "ws").exists()

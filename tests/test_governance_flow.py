@@ -908,6 +908,8 @@ quality_gates:
     assert again["already_applied"] is True and again["head"] == applied["head"]
     assert git(ws, "log", "--format=%s").splitlines() == log
     assert len(events(tmp_path, job_id, "patches_applied")) == 1
+    status = json.loads(cli("status", job_id, "--json", root=tmp_path, env=cli_env).stdout)
+    assert status["patches_applied"]["head"] == applied["head"]
     assert "already applied" in cli("apply", job_id, root=tmp_path, env=cli_env).stdout
 
 

@@ -34,6 +34,15 @@ quality_gates:
 """
 
 
+#: A worktree job that stops after one iteration (its gate never passes), leaving its worktree.
+WT_STOPPED = HEADER + """
+isolation: worktree
+stages: [{{id: edit, run: [python, -c, "open('made.txt', 'w').write('x')"]}}]
+quality_gates: {{required: [{{id: never, kind: command_pass, run: [python, -c, "raise SystemExit(1)"]}}]}}
+stop_conditions: {{max_iterations: 1}}
+"""
+
+
 def run_flow(spec: Path, root: Path) -> dict:
     from longrun.flows.job import job_flow
 
@@ -81,6 +90,8 @@ def test_prune_removes_old_iterations_the_bundle_holds_and_evidence_still_verifi
     (event,) = pruned_events(paths)
     assert (event.payload.iterations, event.payload.by) == ([1, 2], "ops")
     assert sha(bundle) == bundle_sha  # the record of the pruned iterations is untouched
+    status = longrun_cli("status", job_id, "--json", "--root", str(tmp_path), cwd=tmp_path)
+    assert json.loads(status.stdout)["pruned_iterations"] == [1, 2]
 
     # The bundle still verifies against the job's files, and so does the strict contract.
     v = longrun_cli("verify", job_id, "--root", str(tmp_path), cwd=tmp_path)
@@ -149,13 +160,7 @@ def test_prune_never_touches_an_active_job(tmp_path):
 
 @pytest.mark.prefect
 def test_prune_removes_a_stopped_job_s_worktree_but_keeps_its_branch_and_checkpoints(prefect_server, tmp_path):
-    body = HEADER + """
-isolation: worktree
-stages: [{{id: edit, run: [python, -c, "open('made.txt', 'w').write('x')"]}}]
-quality_gates: {{required: [{{id: never, kind: command_pass, run: [python, -c, "raise SystemExit(1)"]}}]}}
-stop_conditions: {{max_iterations: 1}}
-"""
-    clean = run_flow(write_job(tmp_path, body.format(name="wt-clean"), name="clean.yaml"), tmp_path)
+    clean = run_flow(write_job(tmp_path, WT_STOPPED.format(name="wt-clean"), name="clean.yaml"), tmp_path)
     assert clean["status"] == "STOPPED"
     wt = tmp_path / ".maestro" / "worktrees" / clean["job_id"]
     assert wt.is_dir()
@@ -174,13 +179,7 @@ stop_conditions: {{max_iterations: 1}}
 
 @pytest.mark.prefect
 def test_prune_keeps_a_worktree_with_uncommitted_changes(prefect_server, tmp_path):
-    body = HEADER + """
-isolation: worktree
-stages: [{{id: edit, run: [python, -c, "pass"]}}]
-quality_gates: {{required: [{{id: never, kind: command_pass, run: [python, -c, "raise SystemExit(1)"]}}]}}
-stop_conditions: {{max_iterations: 1}}
-"""
-    out = run_flow(write_job(tmp_path, body.format(name="wt-dirty")), tmp_path)
+    out = run_flow(write_job(tmp_path, WT_STOPPED.format(name="wt-dirty")), tmp_path)
     wt = tmp_path / ".maestro" / "worktrees" / out["job_id"]
     (wt / "notes.txt").write_text("someone's work in progress\n")
     (row,) = prune(tmp_path, "--older-than", "0")["jobs"]
