@@ -371,6 +371,7 @@ def _event_line(event) -> str:
 
 def cmd_tail(args: argparse.Namespace, out: Out) -> int:
     from longrun.jobs import find_job, live_local_run
+    from longrun.state import apply, replay
 
     record = find_job(_root(args), args.job)
     journal = record.journal
@@ -385,6 +386,8 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
         raise LongrunError("-n must be 0 or more", code="usage_error")
     events = journal.read()
     last = events[-1].seq if events else 0
+    # Folded once, then event by event: a poll never replays the whole journal (bench/journal.py).
+    state = replay(events)
     if args.n is not None:
         events = events[len(events) - args.n:] if args.n else []
     for event in events:
@@ -395,7 +398,6 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
     def finished() -> bool:
         if args.forever:
             return False
-        state = journal.state()
         if state.status in ("WAITING_APPROVAL", "APPROVED"):
             # A run paused in place (pause_flow_run) is still alive and goes on after the decision.
             return live_local_run(journal) is None
@@ -403,6 +405,7 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
 
     try:
         for event in journal.follow(after_seq=last, stop=finished):
+            state = apply(state, event)
             show(event)
     except KeyboardInterrupt:
         return EXIT_OK
