@@ -203,6 +203,8 @@ def _report(report: Any, out: Any, *, label: str) -> int:
         return EXIT_OK if report.ok else EXIT_FAILED
     if report.ok:
         disk = " and the job's files on disk" if report.checked_disk else ""
+        if report.bundle_only:
+            disk += f" ({report.bundle_only} of pruned iterations: in the bundle only)"
         print(f"OK  {label}: {report.files} file(s) match the manifest{disk}")
         return EXIT_OK
     for m in report.mismatches:

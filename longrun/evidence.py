@@ -140,6 +140,8 @@ class VerifyReport:
     files: int = 0
     #: True when the job's files on disk were re-hashed too.
     checked_disk: bool = False
+    #: Files of iterations ``longrun prune`` removed: checked in the bundle only.
+    bundle_only: int = 0
 
     @property
     def ok(self) -> bool:
@@ -152,6 +154,7 @@ class VerifyReport:
             "bundle": str(self.tar_path) if self.tar_path else None,
             "files": self.files,
             "checked_disk": self.checked_disk,
+            "bundle_only": self.bundle_only,
             "mismatches": [m.to_dict() for m in self.mismatches],
         }
 
@@ -649,14 +652,17 @@ def verify(
     if size != bundle["size"]:
         mismatches.append(Mismatch(bundle["name"], f"size {size} differs from the manifest's {bundle['size']}"))
     mismatches += _check_members(tar_path, bundle["name"], subjects)
+    bundle_only = 0
     if job_files_root is not None:
-        mismatches += _check_disk(Path(job_files_root), manifest["predicate"]["job_id"], subjects)
+        on_disk, bundle_only = _check_disk(Path(job_files_root), manifest["predicate"]["job_id"], subjects)
+        mismatches += on_disk
     return VerifyReport(
         manifest_path,
         tar_path,
         tuple(mismatches),
         files=len(subjects),
         checked_disk=job_files_root is not None,
+        bundle_only=bundle_only,
     )
 
 
@@ -715,8 +721,10 @@ def _pruned_iterations(paths: JobPaths) -> tuple[int, ...]:
         return ()
 
 
-def _check_disk(root: Path, job_id: str, subjects: Mapping[str, Mapping[str, Any]]) -> list[Mismatch]:
+def _check_disk(root: Path, job_id: str, subjects: Mapping[str, Mapping[str, Any]]) -> tuple[list[Mismatch], int]:
+    """Mismatches between the subjects and the job's files; and how many pruned files were skipped."""
     out: list[Mismatch] = []
+    skipped = 0
     paths = JobPaths(root, check_job_id(job_id))
     pruned = {f"{CHECKPOINTS_MEMBER}/{it}" for it in _pruned_iterations(paths)}
     for name in sorted(subjects):
@@ -731,7 +739,9 @@ def _check_disk(root: Path, job_id: str, subjects: Mapping[str, Mapping[str, Any
             out.append(Mismatch(name, "has no place among the job's files", "disk"))
             continue
         if not _is_regular(path):
-            if "/".join(name.split("/")[:2]) not in pruned:  # a pruned iteration lives on in the bundle
+            if "/".join(name.split("/")[:2]) in pruned:  # a pruned iteration lives on in the bundle
+                skipped += 1
+            else:
                 out.append(Mismatch(name, f"missing on disk ({path})", "disk"))
             continue
         # The journal only grows: the bundle holds a prefix of it.
@@ -744,7 +754,7 @@ def _check_disk(root: Path, job_id: str, subjects: Mapping[str, Mapping[str, Any
             out.append(Mismatch(name, f"size {size} on disk, manifest says {want_size} ({path})", "disk"))
         elif sha != want_sha:
             out.append(Mismatch(name, f"sha256 differs on disk ({path})", "disk"))
-    return out
+    return out, skipped
 
 
 # ------------------------------------------------------------------ summary

@@ -9,7 +9,6 @@ subprocesses are all real.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -155,6 +154,22 @@ def background():
         stop_group(proc)
 
 
+def api(method: str, url: str, body: dict | None = None, attempts: int = 8):
+    """A Prefect REST call, retried like Prefect's own client does when the server answers 503.
+
+    The server says 503 for errors worth retrying (SQLite busy under load);
+    anything else is returned as it is. Returns the ``httpx.Response``.
+    """
+    import httpx
+
+    for attempt in range(attempts):
+        resp = httpx.request(method, url, json=body, timeout=60)
+        if resp.status_code != 503 or attempt == attempts - 1:
+            return resp
+        time.sleep(min(0.5 * 2**attempt, 8))
+    raise AssertionError("unreachable")
+
+
 def wait_for(journal, proc: subprocess.Popen, found, what: str, deadline_s: float = 90):
     """Poll until ``found(events)`` returns something, and return it; fails if ``proc`` exits first."""
     deadline = time.monotonic() + deadline_s
@@ -176,8 +191,9 @@ def wait_paused(journal, step: str, proc: subprocess.Popen, deadline_s: float = 
         if not reqs:
             return None
         extra = reqs[-1].payload.model_extra
-        with urllib.request.urlopen(f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}", timeout=5) as r:
-            return reqs[-1] if json.load(r)["state"]["type"] == "PAUSED" else None
+        resp = api("GET", f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}")
+        resp.raise_for_status()
+        return reqs[-1] if resp.json()["state"]["type"] == "PAUSED" else None
 
     return wait_for(journal, proc, paused, f"a pause for {step!r}", deadline_s)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import longrun_cli, wait_paused, write_job
+from conftest import api, longrun_cli, wait_paused, write_job
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
@@ -74,11 +73,9 @@ def test_approve_by_rest_api(background, cli_env, tmp_path):
         # A follower started while the run waits for a human keeps following: the run is paused, not over.
         tail = tail or background(tmp_path, cli_env, "tail", job_id, "--follow", "-n", "0")
         extra = req.payload.model_extra
-        body = json.dumps({"run_input": {"decision": "approve", "approver": approver, "comment": "via REST"}}).encode()
-        r = urllib.request.urlopen(urllib.request.Request(
-            f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}/resume", data=body, method="POST",
-            headers={"content-type": "application/json"}), timeout=10)
-        assert json.load(r)["status"] == "ACCEPT"
+        body = {"run_input": {"decision": "approve", "approver": approver, "comment": "via REST"}}
+        r = api("POST", f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}/resume", body)
+        assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert decisions(journal) == [("approved", "before-work", "carol", "via REST"), ("approved", "release", "dave", "via REST")]

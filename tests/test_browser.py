@@ -35,7 +35,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import PrefectServer, stop_group, wait_paused, write_job
+from conftest import PrefectServer, api, stop_group, wait_paused, write_job
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -92,9 +92,9 @@ def _get(url: str, timeout: float = 2) -> tuple[int, str, str]:
 
 
 def _post_json(url: str, body: dict) -> object:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
+    resp = api("POST", url, body)
+    resp.raise_for_status()
+    return resp.json()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 import yaml
 
@@ -37,7 +36,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import EXAMPLES, REPO, longrun_cli
+from conftest import EXAMPLES, REPO, api, longrun_cli
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
@@ -71,16 +70,6 @@ def _deploy(env: dict, spec: Path, *args: str) -> dict:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     return json.loads(r.stdout)
-
-
-def _post(url: str, body: dict, attempts: int = 8) -> httpx.Response:
-    """POST like Prefect's own client: a 503 is the server saying "retry" (SQLite busy), so back off and retry."""
-    for attempt in range(attempts):
-        resp = httpx.post(url, json=body, timeout=60)
-        if resp.status_code != 503 or attempt == attempts - 1:
-            return resp
-        time.sleep(min(0.5 * 2**attempt, 8))
-    raise AssertionError("unreachable")
 
 
 def _client():
@@ -375,8 +364,8 @@ def test_server_schedules_cron_runs_in_the_spec_time_zone(prefect_server, tmp_pa
     change = _next_dst_change(BERLIN, datetime.now(UTC))
     start, end = change - timedelta(days=4), change + timedelta(days=4)
     # What the scheduler service does, for a chosen window: POST /deployments/{id}/schedule.
-    r = _post(
-        f"{prefect_server['url']}/deployments/{doc['deployment_id']}/schedule",
+    r = api(
+        "POST", f"{prefect_server['url']}/deployments/{doc['deployment_id']}/schedule",
         {"start_time": start.isoformat(), "end_time": end.isoformat(), "min_runs": 8, "max_runs": 20,
          "min_time": (end - start).total_seconds()},
     )
@@ -438,8 +427,8 @@ def test_concurrent_triggers_of_one_intended_run_make_one_flow_run(prefect_serve
 
         def by_rest(_: int) -> None:
             barrier.wait()
-            resp = _post(f"{prefect_server['url']}/deployments/{dep_id}/create_flow_run",
-                         {"idempotency_key": intended_run_key(job_id, when)})
+            resp = api("POST", f"{prefect_server['url']}/deployments/{dep_id}/create_flow_run",
+                       {"idempotency_key": intended_run_key(job_id, when)})
             resp.raise_for_status()
             ids.append(resp.json()["id"])
 

@@ -94,8 +94,10 @@ def test_prune_removes_old_iterations_the_bundle_holds_and_evidence_still_verifi
     assert json.loads(status.stdout)["pruned_iterations"] == [1, 2]
 
     # The bundle still verifies against the job's files, and so does the strict contract.
-    v = longrun_cli("verify", job_id, "--root", str(tmp_path), cwd=tmp_path)
+    v = longrun_cli("verify", job_id, "--json", "--root", str(tmp_path), cwd=tmp_path)
     assert v.returncode == 0, v.stdout + v.stderr
+    report = json.loads(v.stdout)
+    assert report["checked_disk"] is True and report["bundle_only"] > 0  # the pruned files, checked in the bundle
     s = longrun_cli("verify", job_id, "--strict", "--root", str(tmp_path), cwd=tmp_path)
     assert s.returncode == 0, s.stdout + s.stderr
     # Rebuilding would drop the pruned files: refused.
