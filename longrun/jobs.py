@@ -75,8 +75,10 @@ def register(loaded: LoadedSpec, root: Path) -> JobRecord:
 def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> None:
     """Refuse bad input before anything runs: paths, workspace, template, evidence store.
 
-    The CLI calls it before Prefect starts, and the flow before its first
-    event, so a deployment run refuses the same things ``longrun run`` does.
+    The CLI calls it before Prefect starts, and the flow before its run
+    starts, so a deployment run refuses the same things ``longrun run`` does.
+    A job that is already ``COMPLETED``/``REJECTED`` runs nothing, so only its
+    paths and store reference are checked.
     ``template_base`` is the spec file's directory (None: the spec has no
     file, e.g. a resumed job).
     """
