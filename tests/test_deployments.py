@@ -600,3 +600,61 @@ def test_suspend_mode_frees_the_worker_and_resumes_from_persisted_results(worker
         )
     states = [(t.name, t.state.name) for t in runs]
     assert ("first#1", "Cached") in states and ("first#1", "Completed") in states, states
+
+
+ESCALATE_SUSPEND_SPEC = """
+name: escalates-suspended
+goal: hand a failing gate to a human without holding the worker
+workspace: {{path: ws, template: template}}
+allowed_tools: [python]
+model_policy: {{default: m}}
+approvals:
+  - {{escalate: ready, mode: suspend, timeout: 600}}
+stages:
+  - {{id: work, run: [python, -c, "import os; open('{counter}', 'a').write('work ' + os.environ['LONGRUN_ITERATION'] + '\\\\n')"]}}
+quality_gates:
+  required:
+    - id: ready
+      kind: command_pass
+      run: [python, -c, "import os, sys; sys.exit(0 if os.path.exists('{go}') else 1)"]
+      on_failure: {{action: escalate, max_retries: 0}}
+"""
+
+
+def test_an_escalation_in_suspend_mode_frees_the_worker_and_goes_on_after_approval(worker, prefect_server, tmp_path):
+    from prefect.deployments import run_deployment
+
+    from conftest import write_job
+
+    counter, go = tmp_path / "counter.txt", tmp_path / "go"
+    spec = write_job(tmp_path, ESCALATE_SUSPEND_SPEC.format(counter=counter, go=go))
+    env = _env(prefect_server)
+    root = tmp_path / "root"
+    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    job_id = doc["job_id"]
+    journal = Journal(JobPaths(root, job_id).events_file)
+    fr = run_deployment(doc["name"], timeout=0)
+
+    deadline = time.monotonic() + 180
+    with _client() as client:
+        while True:
+            state = client.read_flow_run(fr.id).state
+            if state is not None and state.is_paused() and journal.path.exists() and journal.state().status == "WAITING_APPROVAL":
+                break
+            assert time.monotonic() < deadline, (state, worker["log"].read_text()[-3000:])
+            time.sleep(0.5)
+    assert state.name == "Suspended"  # the entry's mode: the worker's process is gone
+    (esc,) = [e for e in journal.read() if e.type == "escalated"]
+    assert (esc.payload.step, esc.payload.iteration) == ("escalate:ready", 1)
+    requested = [e for e in journal.read() if e.type == "approval_requested"]
+    assert [(e.payload.step, e.payload.model_extra["mode"], e.payload.model_extra["timeout_s"]) for e in requested] == [
+        ("escalate:ready", "suspend", 600)]
+
+    go.touch()  # the human fixes what the gate checks, then approves
+    r = longrun_cli("approve", job_id, "--step", "escalate:ready", "--approver", "ops", "--root", str(root), cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "resumed paused flow run" in r.stdout, r.stdout + r.stderr
+    final = _wait_final(fr.id, 180, worker["log"])
+    assert final.state.is_completed(), final.state
+    st = journal.state()
+    assert (st.status, st.iterations_finished) == ("COMPLETED", 2)
+    assert counter.read_text() == "work 1\nwork 2\n"  # iteration 1's stage came back from its persisted result
