@@ -53,7 +53,7 @@ from longrun.evidence import manifest_markdown
 from longrun.flows import approvals
 from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
 from longrun.gates import GateInput, evaluate_gate
-from longrun.jobs import JobRecord, ensure_workspace, find_job, live_local_run, outcome_dict, preflight, register
+from longrun.jobs import JobRecord, ensure_workspace, find_job, last_run_started, live_local_pid, outcome_dict, preflight, register
 from longrun.journal import Journal
 from longrun.lineage import collect_children, spend_for_root
 from longrun.policy import blocking_approval, judge_iteration
@@ -236,8 +236,6 @@ def run_iterations(
     completion contract check).
     """
     record: JobRecord = register(rt.loaded, rt.root)
-    template_base = Path(source).parent if source else None
-    preflight(rt.loaded, rt.root, template_base)
     run = _Run(rt, record.journal, record.journal.state(), say)
     status = run.state.status
     if status in ("COMPLETED", "REJECTED"):
@@ -251,6 +249,8 @@ def run_iterations(
             f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({alive}); refusing to start it twice (use --force if that run is gone)",
             code="job_already_running",
         )
+    template_base = Path(source).parent if source else None
+    preflight(rt.loaded, rt.root, template_base)
     _check_store(rt)
     ensure_workspace(rt.loaded, rt.root, template_base)
     _check_paths(rt)  # again: a workspace created from a template may bring symlinks
@@ -304,15 +304,15 @@ def _live_run(run: _Run) -> str | None:
     """
     if run.state.status != "RUNNING":
         return None
-    started = next((e for e in reversed(run.journal.read()) if e.type == "run_started"), None)
+    started = last_run_started(run.journal)
     if started is None:
         return None
     extra = started.payload.model_extra or {}
     if extra.get("pid") is not None and extra.get("host") == socket.gethostname():
-        live = live_local_run(run.journal)
-        if live is None or live[0] == os.getpid():
+        pid = live_local_pid(started)
+        if pid is None or pid == os.getpid():
             return None
-        return f"pid {live[0]} on {extra['host']}, flow run {started.payload.flow_run_id}"
+        return f"pid {pid} on {extra['host']}, flow run {started.payload.flow_run_id}"
     if started.payload.flow_run_id and started.payload.flow_run_id != run.rt.run_id:
         from prefect.client.orchestration import get_client
 

@@ -232,13 +232,20 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
     root = _root(args)
     loaded = load_spec(args.path)
     try:
-        state = find_job(root, loaded.job_id).state()
+        record = find_job(root, loaded.job_id)
     except LongrunError:
-        state = None
-    if state is not None and state.status == "COMPLETED":
-        _print_outcome(find_job(root, loaded.job_id).outcome(), out)
-        return EXIT_OK
+        record = None
+    if record is not None and (code := _already_over(record, record.state(), out)) is not None:
+        return code
     return _run_flow(loaded, root, out, force=args.force)
+
+
+def _already_over(record, state, out: Out) -> int | None:
+    """A COMPLETED or REJECTED job runs nothing: report it (and its exit code) without starting Prefect."""
+    if state.status not in ("COMPLETED", "REJECTED"):
+        return None
+    _print_outcome(record.outcome(), out)
+    return STATUS_EXIT[state.status]
 
 
 def cmd_resume(args: argparse.Namespace, out: Out) -> int:
@@ -247,10 +254,8 @@ def cmd_resume(args: argparse.Namespace, out: Out) -> int:
 
     root = _root(args)
     record = find_job(root, args.job)
-    state = record.state()
-    if state.status == "COMPLETED":
-        _print_outcome(record.outcome(), out)
-        return EXIT_OK
+    if (code := _already_over(record, record.state(), out)) is not None:
+        return code
     loaded = record.load()
     # The source spec (for the workspace template) is recorded at registration.
     source = _registered_source(record)
@@ -370,7 +375,7 @@ def _event_line(event) -> str:
 
 
 def cmd_tail(args: argparse.Namespace, out: Out) -> int:
-    from longrun.jobs import find_job, live_local_run
+    from longrun.jobs import find_job, last_run_started, live_local_pid
     from longrun.state import apply, replay
 
     record = find_job(_root(args), args.job)
@@ -400,7 +405,7 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
             return False
         if state.status in ("WAITING_APPROVAL", "APPROVED"):
             # A run paused in place (pause_flow_run) is still alive and goes on after the decision.
-            return live_local_run(journal) is None
+            return live_local_pid(last_run_started(journal)) is None
         return state.is_terminal
 
     try:
@@ -496,10 +501,11 @@ def cmd_apply(args: argparse.Namespace, out: Out) -> int:
     loaded = record.load()
     if loaded.spec.isolation != "worktree":
         raise LongrunError(f"{record.name} does not run with isolation: worktree; there is nothing to apply", code="apply_nothing")
-    if record.state().status != "COMPLETED":
-        raise LongrunError(f"{record.name} is {record.state().status}; patches are applied only from a COMPLETED job", code="apply_nothing")
+    state = record.state()
+    if state.status != "COMPLETED":
+        raise LongrunError(f"{record.name} is {state.status}; patches are applied only from a COMPLETED job", code="apply_nothing")
     rt = JobRuntime(loaded=loaded, root=root, run_id="apply")
-    if (done := record.state().patches_applied) is not None:
+    if (done := state.patches_applied) is not None:
         # Applying again would be a silent no-op in git (the commits are there): say so.
         out.emit(
             f"{record.name} ({record.job_id}): {len(done['patches'])} patch(es) were already applied to {done['repo']} "

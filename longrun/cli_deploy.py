@@ -35,6 +35,7 @@ from longrun.errors import LongrunError
 
 __all__ = ["cmd_deploy", "cmd_trigger", "register"]
 
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``deploy`` and ``trigger`` to the ``longrun`` parser's subcommands."""
     from longrun.deploy import COLLISION_STRATEGIES, DEFAULT_POOL
@@ -151,23 +152,32 @@ def cmd_deploy(args: argparse.Namespace, out: Any) -> int:
 
 def _runner_deployment(plan, pool: str | None):
     """The job's flow (``longrun_job_entry`` renamed after the job) and its RunnerDeployment."""
-    from prefect.types.entrypoint import EntrypointType
-
-    from longrun.deploy import concurrency_config, cron_schedule
+    from longrun.deploy import concurrency_config
     from longrun.flows.entry import longrun_job_entry
 
     flow = longrun_job_entry.with_options(name=plan.flow_name)
     deployment = flow.to_deployment(
-        name=plan.deployment_name,
-        schedules=[cron_schedule(plan.schedule)] if plan.schedule else [],
         concurrency_limit=concurrency_config(plan.concurrency_limit, plan.collision_strategy),
-        parameters=plan.parameters,
-        description=plan.description,
-        tags=plan.tags,
         work_pool_name=pool,
-        entrypoint_type=EntrypointType.MODULE_PATH,
+        **_deployment_options(plan),
     )
     return flow, deployment
+
+
+def _deployment_options(plan) -> dict[str, Any]:
+    """What ``flow.to_deployment`` and ``flow.serve`` are both given for a job."""
+    from prefect.types.entrypoint import EntrypointType
+
+    from longrun.deploy import cron_schedule
+
+    return {
+        "name": plan.deployment_name,
+        "schedules": [cron_schedule(plan.schedule)] if plan.schedule else [],
+        "parameters": plan.parameters,
+        "description": plan.description,
+        "tags": plan.tags,
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+    }
 
 
 def _ensure_pool(pool: str) -> bool:
@@ -199,20 +209,13 @@ def _ensure_pool(pool: str) -> bool:
 
 
 def _serve(flow, plan) -> None:
-    from prefect.types.entrypoint import EntrypointType
-
-    from longrun.deploy import concurrency_config, cron_schedule
+    from longrun.deploy import concurrency_config
 
     flow.serve(
-        name=plan.deployment_name,
-        schedules=[cron_schedule(plan.schedule)] if plan.schedule else [],
         global_limit=concurrency_config(plan.concurrency_limit, plan.collision_strategy),
-        parameters=plan.parameters,
-        description=plan.description,
-        tags=plan.tags,
         pause_on_shutdown=True,
         print_starting_message=False,
-        entrypoint_type=EntrypointType.MODULE_PATH,
+        **_deployment_options(plan),
     )
 
 

@@ -77,8 +77,8 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
 
     The CLI calls it before Prefect starts, and the flow before its run
     starts, so a deployment run refuses the same things ``longrun run`` does.
-    A job that is already ``COMPLETED``/``REJECTED`` runs nothing, so only its
-    paths and store reference are checked.
+    Both call it only for a job that will run: a ``COMPLETED``/``REJECTED``
+    job is reported as it is, whatever its workspace looks like now.
     ``template_base`` is the spec file's directory (None: the spec has no
     file, e.g. a resumed job).
     """
@@ -90,9 +90,6 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
     if problems:
         raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
     check_store_ref(loaded.spec.evidence.store, root)
-    events = JobPaths(root, loaded.job_id).events_file
-    if events.exists() and str(Journal(events).state().status) in ("COMPLETED", "REJECTED"):
-        return  # nothing will run: the run says so, whatever the workspace looks like now
     workspace, template = _workspace_and_template(loaded, root, template_base)
     if template is not None:
         if not template.is_dir():
@@ -103,7 +100,7 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
     if loaded.spec.isolation == "worktree":
         from longrun import worktree
 
-        if not (JobPaths(root, loaded.job_id).maestro / "worktrees" / loaded.job_id).exists() and worktree.is_dirty(workspace):
+        if not JobPaths(root, loaded.job_id).worktree_dir.exists() and worktree.is_dirty(workspace):
             raise LongrunError(
                 f"workspace {workspace} has uncommitted changes; isolation: worktree starts only from a clean tree",
                 code="workspace_dirty",
@@ -156,20 +153,21 @@ def find_job(root: Path, ref: str) -> JobRecord:
     return (by_name or matches)[0]
 
 
-def live_local_run(journal: Journal) -> tuple[int, str] | None:
-    """``(pid, flow_run_id)`` of the job's last run if its process is alive on this host.
+def last_run_started(journal: Journal):
+    """The journal's last ``run_started`` event, or None."""
+    return next((e for e in reversed(journal.read()) if e.type == "run_started"), None)
 
-    The last ``run_started`` names the engine's pid and host; a SIGKILLed
-    engine leaves a RUNNING journal behind, so only a live pid counts. None for
-    a run on another host (ask Prefect), or one whose pid is gone.
+
+def live_local_pid(started) -> int | None:
+    """The pid a ``run_started`` event names, if that process is alive on this host.
+
+    A SIGKILLed engine leaves a RUNNING journal behind, so only a live pid
+    counts. None for a run on another host (ask Prefect), or one whose pid is gone.
     """
     import os
     import socket
 
-    started = next((e for e in reversed(journal.read()) if e.type == "run_started"), None)
-    if started is None:
-        return None
-    extra = started.payload.model_extra or {}
+    extra = (started.payload.model_extra or {}) if started is not None else {}
     pid, host = extra.get("pid"), extra.get("host")
     if pid is None or host != socket.gethostname():
         return None
@@ -177,7 +175,7 @@ def live_local_run(journal: Journal) -> tuple[int, str] | None:
         os.kill(int(pid), 0)
     except (ProcessLookupError, PermissionError, ValueError):
         return None
-    return int(pid), started.payload.flow_run_id
+    return int(pid)
 
 
 def list_jobs(root: Path) -> list[JobRecord]:

@@ -100,6 +100,11 @@ class JobPaths:
     def evidence_dir(self) -> Path:
         return self.maestro / "evidence"
 
+    @property
+    def worktree_dir(self) -> Path:
+        """Where an ``isolation: worktree`` job's git worktree lives."""
+        return self.maestro / "worktrees" / self.job_id
+
 
 def jobs_dir(root: Path) -> Path:
     return root / MAESTRO / "jobs"

@@ -136,7 +136,7 @@ def _prune_worktree(result: PruneResult, root: Path, loaded: Any, dry_run: bool)
     from longrun import worktree
     from longrun.paths import JobPaths, safe_join
 
-    path = JobPaths(root, result.job_id).maestro / "worktrees" / result.job_id
+    path = JobPaths(root, result.job_id).worktree_dir
     if not path.exists():
         return
     try:
@@ -155,6 +155,7 @@ def _prune_worktree(result: PruneResult, root: Path, loaded: Any, dry_run: bool)
 
 
 def _prune_checkpoints(result: PruneResult, root: Path, state: Any, keep_last: int, dry_run: bool) -> None:
+    from longrun.checkpoint import sha256_file
     from longrun.evidence import bundle_members, checkpoint_members
     from longrun.paths import JobPaths
 
@@ -173,8 +174,6 @@ def _prune_checkpoints(result: PruneResult, root: Path, state: Any, keep_last: i
         result.notes.append(f"checkpoints kept: {exc}")
         return
     on_disk = checkpoint_members(root, result.job_id, candidates)
-    from longrun.checkpoint import sha256_file
-
     missing = [name for name, file in on_disk if in_bundle.get(name) != sha256_file(file)]
     if missing:
         result.notes.append(

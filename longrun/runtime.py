@@ -52,7 +52,7 @@ class JobRuntime:
 
     @property
     def worktree_dir(self) -> Path:
-        return self.paths.maestro / "worktrees" / self.job_id
+        return self.paths.worktree_dir
 
     @property
     def stop_files(self) -> tuple[Path, ...]:

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from longrun.errors import JournalCorrupt
-from longrun.events import Event
+from longrun.events import Event, format_ts
 
 __all__ = ["TERMINAL", "FrozenDict", "RunState", "Status", "UsageEntry", "apply", "replay"]
 
@@ -320,7 +320,7 @@ class _Fold:
         # An approval given without an iteration (the CLI) applies from the current one on.
         iteration = p.iteration if p.iteration is not None else self.v["iteration"]
         record = {"decision": decision, "approver": p.approver, "comment": p.comment, "iteration": iteration}
-        record["ts"] = ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        record["ts"] = format_ts(ts)
         self.v["approvals"] = FrozenDict({**self.v["approvals"], p.step: _freeze(record)})
         if self.v["pending_approval"] == p.step:
             self.v["pending_approval"] = None
@@ -348,8 +348,7 @@ class _Fold:
         self.v["gate_skips"] = FrozenDict({**skips, p.iteration: inner})
 
     def _on_patches_applied(self, p: Any, ts: datetime) -> None:
-        record = {**p.model_dump(mode="json"), "ts": ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
-        self.v["patches_applied"] = _freeze(record)
+        self.v["patches_applied"] = _freeze(_stamped(p, ts))
 
     def _on_pruned(self, p: Any, ts: datetime) -> None:
         self.v["pruned_iterations"] = tuple(sorted(set(self.v["pruned_iterations"]) | set(p.iterations)))
@@ -357,7 +356,7 @@ class _Fold:
     # -- evidence (C3): status never changes; copy-on-write like governance ------
 
     def _evidence(self, key: str, p: Any, ts: datetime, **reset: None) -> None:
-        record = {**p.model_dump(mode="json"), "ts": ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        record = _stamped(p, ts)
         current = self.v["evidence"] or {"built": None, "uploaded": None, "upload_failed": None}
         self.v["evidence"] = _freeze({**current, **reset, key: record})
 
@@ -373,6 +372,11 @@ class _Fold:
 
     def _on_evidence_upload_failed(self, p: Any, ts: datetime) -> None:
         self._evidence("upload_failed", p, ts)
+
+
+def _stamped(p: Any, ts: datetime) -> dict[str, Any]:
+    """An event's payload plus its ``ts`` (as the journal writes it)."""
+    return {**p.model_dump(mode="json"), "ts": format_ts(ts)}
 
 
 def apply(state: RunState, event: Event) -> RunState:

@@ -183,6 +183,18 @@ def wait_for(journal, proc: subprocess.Popen, found, what: str, deadline_s: floa
     raise AssertionError(f"no {what} within {deadline_s}s")
 
 
+def sigkill_engine_once(proc: subprocess.Popen, started: Path, what: str, deadline_s: float = 120) -> None:
+    """Once the file ``started`` exists (a stage is running), SIGKILL the engine alone, leaving its stage orphaned."""
+    deadline = time.monotonic() + deadline_s
+    while not started.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.1)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def wait_paused(journal, step: str, proc: subprocess.Popen, deadline_s: float = 90):
     """The last ``approval_requested`` event of ``step``, once Prefect shows its flow run PAUSED."""
 

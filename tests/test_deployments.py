@@ -103,6 +103,18 @@ def _wait_final(flow_run_id, timeout: float, log: Path | None = None):
             time.sleep(0.5)
 
 
+def _wait_waiting(flow_run_id, journal: Journal, log: Path, timeout: float = 180):
+    """The flow run's state once Prefect shows it paused and the journal says WAITING_APPROVAL."""
+    deadline = time.monotonic() + timeout
+    with _client() as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_paused() and journal.path.exists() and journal.state().status == "WAITING_APPROVAL":
+                return state
+            assert time.monotonic() < deadline, (state, log.read_text()[-3000:])
+            time.sleep(0.5)
+
+
 def _next_dst_change(tz: ZoneInfo, after: datetime) -> datetime:
     """Midnight UTC of the first day on which ``tz``'s UTC offset differs from the day before."""
     day = after.astimezone(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
@@ -573,14 +585,7 @@ def test_suspend_mode_frees_the_worker_and_resumes_from_persisted_results(worker
     fr = run_deployment(doc["name"], timeout=0)
 
     # The run suspends before 'second': its process exits (Prefect shows it Suspended/Paused).
-    deadline = time.monotonic() + 180
-    with _client() as client:
-        while True:
-            state = client.read_flow_run(fr.id).state
-            if state is not None and state.is_paused() and journal.path.exists() and journal.state().status == "WAITING_APPROVAL":
-                break
-            assert time.monotonic() < deadline, (state, worker["log"].read_text()[-3000:])
-            time.sleep(0.5)
+    state = _wait_waiting(fr.id, journal, worker["log"])
     assert state.name == "Suspended"
     assert counter.read_text() == "first\n"
 
@@ -635,14 +640,7 @@ def test_an_escalation_in_suspend_mode_frees_the_worker_and_goes_on_after_approv
     journal = Journal(JobPaths(root, job_id).events_file)
     fr = run_deployment(doc["name"], timeout=0)
 
-    deadline = time.monotonic() + 180
-    with _client() as client:
-        while True:
-            state = client.read_flow_run(fr.id).state
-            if state is not None and state.is_paused() and journal.path.exists() and journal.state().status == "WAITING_APPROVAL":
-                break
-            assert time.monotonic() < deadline, (state, worker["log"].read_text()[-3000:])
-            time.sleep(0.5)
+    state = _wait_waiting(fr.id, journal, worker["log"])
     assert state.name == "Suspended"  # the entry's mode: the worker's process is gone
     (esc,) = [e for e in journal.read() if e.type == "escalated"]
     assert (esc.payload.step, esc.payload.iteration) == ("escalate:ready", 1)

@@ -36,7 +36,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import longrun_cli, wait_paused, write_job
+from conftest import longrun_cli, sigkill_engine_once, wait_paused, write_job
 
 pytestmark = pytest.mark.prefect
 
@@ -316,14 +316,7 @@ quality_gates: {{required: [{NEVER}]}}
     spec = spec_in(root, slept)
     job_id = load_spec(spec).job_id
     proc = background(root, cli_env, "run", str(spec))
-    deadline = time.monotonic() + 120
-    while not slept.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "stage 'slow' never started"
-        time.sleep(0.1)
-    time.sleep(0.3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    sigkill_engine_once(proc, slept, "stage 'slow'")
     orphan_pid = int([l for l in counter.read_text().splitlines() if l.startswith("slow 1")][0].split("pid=")[1])
     os.kill(orphan_pid, 0)  # still sleeping
     before = journal(root, job_id).state()
@@ -421,12 +414,18 @@ stop_conditions: {{max_iterations: 10}}
 """
 
 
-def test_escalate_pauses_for_a_human_and_cli_approval_continues(cli_env, background, tmp_path):
+def run_until_escalated(background, cli_env: dict, tmp_path: Path, name: str, retries: int):
+    """Start an ESCALATE job in the background; return ``(counter, go, job_id, proc)`` once it waits on ``escalate:ready``."""
     counter, go = tmp_path / "counter.txt", tmp_path / "go"
-    spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=1), name="escalate-policy")
+    spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=retries), name=name)
     job_id = load_spec(spec).job_id
     proc = background(tmp_path, cli_env, "run", str(spec))
     wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
+    return counter, go, job_id, proc
+
+
+def test_escalate_pauses_for_a_human_and_cli_approval_continues(cli_env, background, tmp_path):
+    counter, go, job_id, proc = run_until_escalated(background, cli_env, tmp_path, "escalate-policy", retries=1)
     # One automatic retry first (max_retries: 1), then the human.
     esc = events(tmp_path, job_id, "escalated")
     assert [(e.payload.iteration, e.payload.gate, e.payload.step) for e in esc] == [(2, "ready", "escalate:ready")]
@@ -471,11 +470,7 @@ def test_an_approvals_entry_sets_the_escalation_wait(cli_env, tmp_path):
 
 
 def test_escalation_rejected_ends_the_job(cli_env, background, tmp_path):
-    counter, go = tmp_path / "counter.txt", tmp_path / "go"
-    spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=0), name="escalate-reject")
-    job_id = load_spec(spec).job_id
-    proc = background(tmp_path, cli_env, "run", str(spec))
-    wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
+    counter, go, job_id, proc = run_until_escalated(background, cli_env, tmp_path, "escalate-reject", retries=0)
     assert [e.payload.iteration for e in events(tmp_path, job_id, "escalated")] == [1]  # max_retries 0: at once
     r = cli("approve", job_id, "--step", "escalate:ready", "--approver", "carol", "--reject", root=tmp_path, env=cli_env)
     assert r.returncode == 0, r.stderr
@@ -498,11 +493,7 @@ APPROVE_LOST_BUG = (
 
 def test_escalation_approved_while_the_engine_was_down_is_honoured(cli_env, background, tmp_path):
     """The engine dies while paused; the human approves with the CLI, then resumes the job."""
-    counter, go = tmp_path / "counter.txt", tmp_path / "go"
-    spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=1), name="escalate-crash")
-    job_id = load_spec(spec).job_id
-    proc = background(tmp_path, cli_env, "run", str(spec))
-    wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
+    counter, go, job_id, proc = run_until_escalated(background, cli_env, tmp_path, "escalate-crash", retries=1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
@@ -555,11 +546,7 @@ stop_conditions: {{max_iterations: 10}}
 
 
 def test_resumed_escalation_is_not_escalated_again(cli_env, background, tmp_path):
-    counter, go = tmp_path / "counter.txt", tmp_path / "go"
-    spec = job(tmp_path, ESCALATE.format(counter=counter, go=go, retries=0), name="escalate-resume")
-    job_id = load_spec(spec).job_id
-    proc = background(tmp_path, cli_env, "run", str(spec))
-    wait_paused(journal(tmp_path, job_id), "escalate:ready", proc)
+    counter, go, job_id, proc = run_until_escalated(background, cli_env, tmp_path, "escalate-resume", retries=0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     go.touch()

@@ -15,7 +15,7 @@ from longrun.journal import Journal
 from longrun.paths import JobPaths
 from longrun.spec import load_spec
 
-from conftest import longrun_cli, write_job
+from conftest import longrun_cli, sigkill_engine_once, write_job
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
@@ -65,14 +65,7 @@ stop_conditions: {{max_iterations: 5}}
         [sys.executable, "-m", "longrun.cli", "run", str(spec), "--root", str(tmp_path)],
         cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 120
-    while not slept.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "stage 'slow' never started"
-        time.sleep(0.1)
-    time.sleep(0.3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    sigkill_engine_once(proc, slept, "stage 'slow'")
     assert proc.returncode == -signal.SIGKILL
 
     # The orphaned stage is still sleeping; the journal shows the open iteration.
