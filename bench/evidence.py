@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from longrun.evidence import build_bundle, verify
-from longrun.jobs import register
-from longrun.journal import Journal
-from longrun.paths import JobPaths
+from longrun.evidence.bundle import build_bundle, verify
+from longrun.journal.local import Journal
+from longrun.journal.registry import register
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, parse_spec_text
+from longrun.storage.paths import JobPaths
 
 SPEC = """
 name: bench-evidence
@@ -56,7 +56,9 @@ def make_job(root: Path, iterations: int, log_mb: int) -> str:
         for name in ("summary.md", "plan-diff.md", "patch.diff", "test-report.json"):
             (d / name).write_text(f"{name} of iteration {it}\n" * 50)
         journal.append("iteration_started", {"iteration": it}, job_id=loaded.job_id)
-        journal.append("iteration_finished", {"iteration": it, "gates_passed": False, "fingerprint": str(it)}, job_id=loaded.job_id)
+        journal.append(
+            "iteration_finished", {"iteration": it, "gates_passed": False, "fingerprint": str(it)}, job_id=loaded.job_id
+        )
     return loaded.job_id
 
 
@@ -69,7 +71,7 @@ def timed(fn) -> tuple[float, object]:
 def build_rss(root: Path, job_id: str) -> dict[str, int]:
     """Build in a fresh process; its RSS before and at peak (KB)."""
     code = (
-        "import json, resource, sys; from pathlib import Path; from longrun.evidence import build_bundle\n"
+        "import json, resource, sys; from pathlib import Path; from longrun.evidence.bundle import build_bundle\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "build_bundle(Path(sys.argv[1]), sys.argv[2])\n"
         "print(json.dumps({'before_kb': before, 'peak_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
@@ -90,10 +92,20 @@ def main(argv: list[str]) -> None:
         mb = total / (1 << 20)
 
         build_s, bundle = timed(lambda: build_bundle(root, job_id))
-        tar_s, _ = timed(lambda: subprocess.run(
-            ["tar", "-czf", str(root / "baseline.tar.gz"), "-C", str(paths.maestro), f"checkpoints/{job_id}", f"jobs/{job_id}"],
-            check=True,  # gzip -6 is its default level, as in longrun
-        ))
+        tar_s, _ = timed(
+            lambda: subprocess.run(
+                [
+                    "tar",
+                    "-czf",
+                    str(root / "baseline.tar.gz"),
+                    "-C",
+                    str(paths.maestro),
+                    f"checkpoints/{job_id}",
+                    f"jobs/{job_id}",
+                ],
+                check=True,  # gzip -6 is its default level, as in longrun
+            )
+        )
         verify_s, report = timed(lambda: verify(bundle.manifest_path, bundle.tar_path))
         assert report.ok, report.mismatches
 
@@ -110,10 +122,14 @@ def main(argv: list[str]) -> None:
         print(f"input: {iterations} iteration(s), {len(files)} files, {mb:.0f} MB; bundle {bundle.size / (1 << 20):.1f} MB")
         print(f"{'':<8} {'longrun':>10} {'baseline':>10} {'time x':>6}  baseline (time x: longrun's time over the baseline's)")
         print(f"{'build':<8} {mb / build_s:>7.0f} MB/s {mb / tar_s:>7.0f} MB/s {build_s / tar_s:>6.2f}  tar -czf (gzip -6)")
-        print(f"{'verify':<8} {mb / verify_s:>7.0f} MB/s {mb / hash_s:>7.0f} MB/s {verify_s / hash_s:>6.2f}  sha256 of the raw files")
+        print(
+            f"{'verify':<8} {mb / verify_s:>7.0f} MB/s {mb / hash_s:>7.0f} MB/s {verify_s / hash_s:>6.2f}  sha256 of the raw files"
+        )
         grow = (rss["peak_kb"] - rss["before_kb"]) / 1024
-        print(f"build RSS: {rss['before_kb'] / 1024:.0f} MB before, {rss['peak_kb'] / 1024:.0f} MB at peak "
-              f"(+{grow:.1f} MB for {mb:.0f} MB of input)")
+        print(
+            f"build RSS: {rss['before_kb'] / 1024:.0f} MB before, {rss['peak_kb'] / 1024:.0f} MB at peak "
+            f"(+{grow:.1f} MB for {mb:.0f} MB of input)"
+        )
         shutil.rmtree(root / ".maestro")
 
 

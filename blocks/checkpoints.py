@@ -3,7 +3,7 @@
 ``CheckpointStorage`` is the result storage of every stage, gate and
 checkpoint task of a job. It is configuration (a base path) and a factory for
 the core ``CheckpointStore``, which writes records atomically and lays the
-checkpoint files out as plain files (``longrun.checkpoint``).
+checkpoint files out as plain files (``longrun.execution.checkpoint``).
 
 ``CheckpointSerializer`` writes records as readable JSON, never pickles.
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
 from prefect.filesystems import WritableFileSystem
 from prefect.serializers import Serializer
+from pydantic import Field
 
-from longrun.checkpoint import CheckpointStore, decode_record, encode_record
+from longrun.execution.checkpoint import CheckpointStore, decode_record, encode_record
 
 
 class CheckpointStorage(WritableFileSystem):
@@ -56,7 +56,7 @@ class CheckpointStorage(WritableFileSystem):
 
 
 class CheckpointSerializer(Serializer):
-    """longrun records as readable JSON (see ``longrun.checkpoint``)."""
+    """longrun records as readable JSON (see ``longrun.execution.checkpoint``)."""
 
     type: Literal["longrun-checkpoint"] = "longrun-checkpoint"
 

@@ -22,7 +22,8 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from longrun.storage import LOCAL_BLOCK_SLUG, S3_BLOCK_SLUG
+from longrun.errors import EvidenceStoreError, EvidenceStoreInvalid
+from longrun.storage import LOCAL_BLOCK_SLUG, S3_BLOCK_SLUG, EvidenceStore, set_block_loader
 from longrun.storage.local import LocalDirStore
 from longrun.storage.s3 import S3Store
 
@@ -82,4 +83,22 @@ class LocalEvidenceStore(Block):
 
 
 #: Block type slug → class (``longrun.storage.resolve_store`` loads through this).
-BLOCK_CLASSES: dict[str, type[Block]] = {S3EvidenceStore._block_type_slug: S3EvidenceStore, LocalEvidenceStore._block_type_slug: LocalEvidenceStore}
+BLOCK_CLASSES: dict[str, type[Block]] = {
+    S3EvidenceStore._block_type_slug: S3EvidenceStore,
+    LocalEvidenceStore._block_type_slug: LocalEvidenceStore,
+}
+
+
+def load_block_store(slug: str, name: str) -> EvidenceStore:
+    """Load a saved longrun evidence block and return its core store."""
+    cls = BLOCK_CLASSES[slug]
+    try:
+        block = cls.load(name, _sync=True)
+    except ValueError as exc:  # Prefect: "Unable to find block document named …"
+        raise EvidenceStoreInvalid(f"no {slug} block named {name!r}: {exc}") from exc
+    except Exception as exc:  # the Prefect API is unreachable, or similar
+        raise EvidenceStoreError(f"could not load block {slug}/{name}: {type(exc).__name__}: {exc}") from exc
+    return block.store()  # type: ignore[attr-defined, no-any-return]
+
+
+set_block_loader(load_block_store)

@@ -19,7 +19,7 @@ OUT = REPO / "deployments" / "prefect.yaml"
 
 
 def render(spec_relpath: str = SPEC) -> str:
-    from longrun.deploy import render_prefect_yaml
+    from longrun.flows.deploy import render_prefect_yaml
     from longrun.spec import load_spec
 
     return render_prefect_yaml(load_spec(REPO / spec_relpath), spec_relpath)

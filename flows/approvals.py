@@ -73,7 +73,9 @@ def checkpoint(
     from prefect.client.orchestration import get_client
 
     requests = [
-        e for e in run.journal.read() if e.type == "approval_requested" and e.payload.step == step and e.payload.iteration == iteration
+        e
+        for e in run.journal.read()
+        if e.type == "approval_requested" and e.payload.step == step and e.payload.iteration == iteration
     ]
     ours = requests[-1] if requests and (requests[-1].payload.model_extra or {}).get("flow_run_id") == run.rt.run_id else None
     if ours is not None and mode == "suspend":
@@ -88,8 +90,15 @@ def checkpoint(
             api_url = str(client.api_url).rstrip("/")
         run.emit(
             "approval_requested",
-            {"step": step, "iteration": iteration, "key": key, "flow_run_id": run.rt.run_id, "api_url": api_url,
-             "timeout_s": timeout, "mode": mode},
+            {
+                "step": step,
+                "iteration": iteration,
+                "key": key,
+                "flow_run_id": run.rt.run_id,
+                "api_url": api_url,
+                "timeout_s": timeout,
+                "mode": mode,
+            },
         )
     run.say(
         f"  waiting for approval {step!r} (iteration {iteration}): approve in the Prefect UI, or run\n"
@@ -103,7 +112,9 @@ def checkpoint(
             # The process exits here (Prefect's Pause signal) and the worker is freed.
             answer = suspend_flow_run(wait_for_input=form, timeout=math.ceil(timeout), key=key)
         else:
-            answer = pause_flow_run(wait_for_input=form, timeout=math.ceil(timeout), poll_interval=math.ceil(poll_interval), key=key)
+            answer = pause_flow_run(
+                wait_for_input=form, timeout=math.ceil(timeout), poll_interval=math.ceil(poll_interval), key=key
+            )
     except FlowPauseTimeout:
         run.emit("approval_timeout", {"step": step, "iteration": iteration, "timeout_s": timeout})
         run.say(f"  approval {step!r} timed out after {timeout:g}s; approve, then: longrun resume {run.rt.job_id}")
@@ -142,7 +153,7 @@ def describe(rt: Any, step: str, iteration: int, *, what: str, state: Any) -> st
         f"- **Checkpoint:** `{it_dir}`" + (" (see `summary.md` there)" if summary.is_file() else ""),
     ]
     if patch.is_file():
-        from longrun.checkpoint import patch_stats
+        from longrun.execution.checkpoint import patch_stats
 
         st = patch_stats(patch.read_text(encoding="utf-8", errors="replace"))
         lines.append(f"- **Patch:** {st['files']} file(s), +{st['added']} −{st['removed']}")

@@ -46,7 +46,7 @@ def _flow_run_name() -> str:
         if name and job_id:
             return f"{name}-{job_id}"
         return str(name or ENTRY_FLOW_NAME)
-    except Exception:  # noqa: BLE001 - naming must never crash a run
+    except Exception:
         return ENTRY_FLOW_NAME
 
 

@@ -21,10 +21,11 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -33,10 +34,13 @@ from prefect.context import TaskRunContext, get_run_context
 from prefect.filesystems import LocalFileSystem
 from prefect.states import Failed
 
-from longrun import gitutil, worktree
+import longrun.blocks.evidence  # noqa: F401 - installs the block loader for evidence.store block refs
 from longrun.blocks.checkpoints import CheckpointSerializer, CheckpointStorage
-from longrun.budget import BudgetGovernor, expected_stage_spend
-from longrun.checkpoint import (
+from longrun.engine.preflight import ensure_workspace, preflight
+from longrun.errors import EvidenceStoreInvalid, LongrunError, PathEscape
+from longrun.evidence.bundle import manifest_markdown
+from longrun.evidence.publish import finalize_evidence
+from longrun.execution.checkpoint import (
     GateResult,
     IterationCheckpoint,
     StageResult,
@@ -47,26 +51,25 @@ from longrun.checkpoint import (
     sha256_file,
     sha256_text,
 )
-from longrun.compile import PlannedGate, PlannedStage
-from longrun.errors import EvidenceStoreInvalid, LongrunError, PathEscape
-from longrun.evidence import manifest_markdown
+from longrun.execution.gates import GateInput, evaluate_gate
+from longrun.execution.runtime import JobRuntime
+from longrun.execution.stages import run_stage, should_retry
 from longrun.flows import approvals
 from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
-from longrun.gates import GateInput, evaluate_gate
-from longrun.jobs import JobRecord, ensure_workspace, find_job, last_run_started, live_local_pid, outcome_dict, preflight, register
-from longrun.journal import Journal
-from longrun.lineage import collect_children, spend_for_root
-from longrun.policy import blocking_approval, judge_iteration
-from longrun.publish import finalize_evidence
-from longrun.runtime import JobRuntime
-from longrun.scope import check_spec_paths, scope_violations
+from longrun.governance.budget import BudgetGovernor, expected_stage_spend
+from longrun.governance.lineage import collect_children, spend_for_root
+from longrun.governance.policy import blocking_approval, judge_iteration
+from longrun.governance.scope import check_spec_paths, scope_violations
+from longrun.governance.stop import StopInput, policy_from_spec
+from longrun.governance.waiver import strict_report
+from longrun.journal.local import Journal
+from longrun.journal.registry import JobRecord, find_job, last_run_started, live_local_pid, outcome_dict, register
+from longrun.journal.state import RunState, apply
+from longrun.spec.compile import PlannedGate, PlannedStage
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, validate_spec_data
 from longrun.spec.models import Approval
-from longrun.stages import run_stage, should_retry
-from longrun.state import RunState, apply
-from longrun.stop import StopInput, policy_from_spec
 from longrun.storage import resolve_store
-from longrun.waiver import strict_report
+from longrun.workspace import gitutil, worktree
 
 Printer = Callable[[str], None]
 
@@ -200,7 +203,13 @@ class _Run:
         """
         self.emit(
             "run_started",
-            {"run_id": self.rt.run_id, "flow_run_id": self.rt.run_id, "resumed": resumed, "pid": os.getpid(), "host": socket.gethostname()},
+            {
+                "run_id": self.rt.run_id,
+                "flow_run_id": self.rt.run_id,
+                "resumed": resumed,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },
         )
 
 
@@ -242,7 +251,9 @@ def run_iterations(
         say(f"{rt.spec.name} ({rt.job_id}) is {status}; nothing to do")
         return _outcome(run)
     if (step := blocking_approval(run.state)) is not None and not approvals.suspended_here(run, step):
-        say(f"{rt.spec.name} ({rt.job_id}) is waiting for approval {step!r}; approve it with: longrun approve {rt.job_id} --step {step} --approver NAME")
+        say(
+            f"{rt.spec.name} ({rt.job_id}) is waiting for approval {step!r}; approve it with: longrun approve {rt.job_id} --step {step} --approver NAME"
+        )
         return _outcome(run)
     if not force and (alive := _live_run(run)) is not None:
         raise LongrunError(
@@ -411,8 +422,16 @@ def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], Non
             failed_deps = [d for d in stage.depends_on if not stage_results[d].ok]
             if failed_deps:
                 result = StageResult(
-                    job_id=rt.job_id, iteration=iteration, stage=stage.id, phase=stage.phase, model=stage.model,
-                    argv=list(stage.argv), exit_code=None, timed_out=False, duration_s=0.0, attempts=0,
+                    job_id=rt.job_id,
+                    iteration=iteration,
+                    stage=stage.id,
+                    phase=stage.phase,
+                    model=stage.model,
+                    argv=list(stage.argv),
+                    exit_code=None,
+                    timed_out=False,
+                    duration_s=0.0,
+                    attempts=0,
                     error=f"skipped: dependency {', '.join(failed_deps)} failed",
                 )
             else:
@@ -427,7 +446,9 @@ def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], Non
                 say(f"  {stage.id:<12} done (from checkpoint, not rerun)")
                 continue
             outside = (
-                scope_violations(gitutil.changed_paths(workspace, start_tree, gitutil.snapshot_tree(workspace)), rt.spec.scope_paths)
+                scope_violations(
+                    gitutil.changed_paths(workspace, start_tree, gitutil.snapshot_tree(workspace)), rt.spec.scope_paths
+                )
                 if scoped and start_tree
                 else []
             )
@@ -453,8 +474,13 @@ def _loop(run: _Run, clock: Callable[[], datetime], sleep: Callable[[float], Non
                 say(_gate_line(g))
 
         ckpt = ckpt_t.with_options(name="checkpoint", task_run_name=f"checkpoint#{iteration}")(
-            rt, iteration, [stage_results[s.id] for s in plan.stages], gate_results, patch,
-            run.state.usd_total, run.state.tokens_total,
+            rt,
+            iteration,
+            [stage_results[s.id] for s in plan.stages],
+            gate_results,
+            patch,
+            run.state.usd_total,
+            run.state.tokens_total,
         )
         if iteration not in run.state.checkpoints:
             run.emit(
@@ -498,13 +524,19 @@ def _conclude(run: _Run, iteration: int) -> bool:
                 return True  # answered (while no run was active): go on with the next iteration
             run.emit("escalated", {"iteration": iteration, "gate": verdict.gate, "reason": verdict.reason, "step": verdict.step})
             # Approved: the policy grants a fresh round of retries.
-            return _approve(run, verdict.step, iteration, f"continue after gate {verdict.gate!r} failed: {verdict.reason}") == "approved"
+            return (
+                _approve(run, verdict.step, iteration, f"continue after gate {verdict.gate!r} failed: {verdict.reason}")
+                == "approved"
+            )
         if verdict.action == "approval":
             if _approve(run, verdict.step, iteration, f"pass approval gate {verdict.gate!r}") != "approved":
                 return False
             continue  # judge again: the approval gate now passes
         for a in rt.spec.approvals:
-            if a.after == "gates" and _approve(run, a.step_name, iteration, "complete the job: all required gates passed") != "approved":
+            if (
+                a.after == "gates"
+                and _approve(run, a.step_name, iteration, "complete the job: all required gates passed") != "approved"
+            ):
                 return False
         run.emit("run_completed", {"iteration": iteration, "reason": verdict.reason})
         run.say(f"completed after {iteration} iteration(s): {verdict.reason}")
@@ -518,7 +550,12 @@ def _approve(run: _Run, step: str, iteration: int, what: str) -> str:
     timeout = entry.timeout if entry else defaults["timeout"].default
     poll = entry.poll_interval if entry else defaults["poll_interval"].default
     return approvals.checkpoint(
-        run, step, iteration, timeout=timeout, poll_interval=poll, mode=entry.mode if entry else "pause",
+        run,
+        step,
+        iteration,
+        timeout=timeout,
+        poll_interval=poll,
+        mode=entry.mode if entry else "pause",
         description=approvals.describe(run.rt, step, iteration, what=what, state=run.state),
     )
 
@@ -542,7 +579,9 @@ def _finish(run: _Run, clock: Callable[[], datetime]) -> None:
     run.refresh()
     where = outcome.store_uri or str(outcome.bundle.tar_path)
     if outcome.upload_failed:
-        say(f"evidence upload FAILED ({outcome.error}); the bundle is kept at {outcome.bundle.tar_path}; retry with: longrun evidence push {rt.job_id}")
+        say(
+            f"evidence upload FAILED ({outcome.error}); the bundle is kept at {outcome.bundle.tar_path}; retry with: longrun evidence push {rt.job_id}"
+        )
     else:
         say(f"evidence: {where} (sha256 {outcome.bundle.sha256[:12]}…)")
     _evidence_artifacts(rt, outcome)
@@ -561,7 +600,9 @@ def _finish(run: _Run, clock: Callable[[], datetime]) -> None:
 def _evidence_artifacts(rt: JobRuntime, outcome: Any) -> None:
     key = f"evidence-{rt.job_id}"
     link = outcome.store_uri or outcome.bundle.tar_path.resolve().as_uri()
-    create_link_artifact(link=link, link_text=f"{rt.spec.name} evidence bundle", key=key, description="The run's hashed evidence bundle")
+    create_link_artifact(
+        link=link, link_text=f"{rt.spec.name} evidence bundle", key=key, description="The run's hashed evidence bundle"
+    )
     manifest = json.loads(outcome.bundle.manifest_path.read_text(encoding="utf-8"))
     create_markdown_artifact(markdown=manifest_markdown(manifest), key=f"{key}-manifest", description="Evidence manifest summary")
 
@@ -587,8 +628,13 @@ def _register_children(run: _Run, iteration: int) -> None:
         register(child.loaded, rt.root)
         run.emit(
             "child_spawned",
-            {"iteration": iteration, "child_job_id": child.job_id, "name": child.loaded.spec.name,
-             "generation": child.lineage.generation, "source": str(child.source)},
+            {
+                "iteration": iteration,
+                "child_job_id": child.job_id,
+                "name": child.loaded.spec.name,
+                "generation": child.lineage.generation,
+                "source": str(child.source),
+            },
         )
         run.say(f"  spawned      {child.loaded.spec.name} ({child.job_id}), generation {child.lineage.generation}")
 
@@ -630,7 +676,14 @@ def _gate_payload(g: GateResult) -> dict[str, Any]:
     evidence = {k: v for k, v in g.evidence.items() if k != "report"}
     if "report" in g.evidence:
         evidence["failing"] = g.evidence["report"]["failing"]
-    return {"iteration": g.iteration, "gate": g.gate, "kind": g.gate_kind, "required": g.required, "passed": g.passed, "evidence": evidence}
+    return {
+        "iteration": g.iteration,
+        "gate": g.gate,
+        "kind": g.gate_kind,
+        "required": g.required,
+        "passed": g.passed,
+        "evidence": evidence,
+    }
 
 
 def _gate_line(g: GateResult) -> str:
@@ -666,7 +719,10 @@ def longrun_job(
     else:
         job_spec = validate_spec_data(spec, file=source)
         loaded = LoadedSpec(
-            spec=job_spec, source=Path(source) if source else None, job_id=job_id_for(job_spec), canonical=canonical_json(job_spec)
+            spec=job_spec,
+            source=Path(source) if source else None,
+            job_id=job_id_for(job_spec),
+            canonical=canonical_json(job_spec),
         )
     ctx = get_run_context()
     rt = JobRuntime(loaded=loaded, root=root_path, run_id=str(ctx.flow_run.id))

@@ -18,6 +18,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.events import emit_event
 
+
 def emit_prefect_event(job_id: str, name: str, event_type: str, payload: dict[str, Any]) -> None:
     emit_event(
         event=f"longrun.{event_type}",
@@ -30,8 +31,14 @@ def iteration_artifacts(rt: Any, iteration: int, summary_md: str, gates: list[An
     key = f"{rt.spec.name}-summary"
     create_markdown_artifact(markdown=summary_md, key=_key(key), description=f"{rt.spec.name} iteration {iteration}")
     rows = [
-        {"iteration": iteration, "gate": g.gate, "kind": g.gate_kind, "required": g.required,
-         "result": "PASS" if g.passed else "FAIL", "detail": _detail(g)}
+        {
+            "iteration": iteration,
+            "gate": g.gate,
+            "kind": g.gate_kind,
+            "required": g.required,
+            "result": "PASS" if g.passed else "FAIL",
+            "detail": _detail(g),
+        }
         for g in gates
     ]
     create_table_artifact(table=rows, key=_key(f"{rt.spec.name}-gates"), description=f"Gate results, iteration {iteration}")

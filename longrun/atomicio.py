@@ -128,9 +128,7 @@ def atomic_writer(path: PathLike) -> Iterator[BinaryIO]:
     fsync_dir(target.parent)
 
 
-def copy_atomic(
-    src: PathLike, dst: PathLike, *, chunk: int = 1 << 20, on_chunk: Callable[[bytes], None] | None = None
-) -> int:
+def copy_atomic(src: PathLike, dst: PathLike, *, chunk: int = 1 << 20, on_chunk: Callable[[bytes], None] | None = None) -> int:
     """Copy ``src`` over ``dst`` atomically, in chunks; return the bytes copied.
 
     ``on_chunk`` sees every chunk (to hash while copying).

@@ -28,11 +28,11 @@ Raised as plain ``LongrunError(code=...)`` where no handler needs a subclass:
 ``run_crashed``.
 
 Governance codes (also plain ``LongrunError(code=...)``): ``waiver_invalid``,
-``waiver_expired`` (longrun.waiver); ``workspace_dirty``,
-``patch_apply_failed`` (longrun.worktree); ``lineage_too_deep``
-(longrun.lineage); ``gate_failed``, ``gate_retries_exhausted``
-(longrun.policy, journaled as ``run_failed.code``); ``budget_exhausted``
-(longrun.budget); ``scope_violation`` (longrun.scope).
+``waiver_expired`` (longrun.governance.waiver); ``workspace_dirty``,
+``patch_apply_failed`` (longrun.workspace.worktree); ``lineage_too_deep``
+(longrun.governance.lineage); ``gate_failed``, ``gate_retries_exhausted``
+(longrun.governance.policy, journaled as ``run_failed.code``); ``budget_exhausted``
+(longrun.governance.budget); ``scope_violation`` (longrun.governance.scope).
 """
 
 from __future__ import annotations

@@ -59,7 +59,10 @@ class PrefectServer:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait(self, ready=None, timeout: float = 120) -> None:
@@ -97,7 +100,11 @@ def prefect_server(tmp_path_factory):
 
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_HOME: str(server.home)}):
-            yield {"url": server.url, "home": str(server.home), "env": {"PREFECT_API_URL": server.url, "PREFECT_HOME": str(server.home)}}
+            yield {
+                "url": server.url,
+                "home": str(server.home),
+                "env": {"PREFECT_API_URL": server.url, "PREFECT_HOME": str(server.home)},
+            }
             from prefect.logging.handlers import APILogHandler
 
             APILogHandler().flush()  # ship buffered run logs while the server is still up
@@ -113,8 +120,12 @@ def cli_env(prefect_server):
 
 def longrun_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "longrun.cli", *args],
-        cwd=cwd, env=env or dict(os.environ), capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "longrun.cli.main", *args],
+        cwd=cwd,
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -143,8 +154,13 @@ def background():
 
     def start(root: Path, env: dict, *args: str) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "longrun.cli", *args, "--json", "--root", str(root)],
-            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            [sys.executable, "-m", "longrun.cli.main", *args, "--json", "--root", str(root)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         procs.append(proc)
         return proc
@@ -241,7 +257,9 @@ def moto_server(tmp_path_factory):
     log = open(log_dir / "moto.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 30
     while True:

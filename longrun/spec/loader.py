@@ -62,7 +62,7 @@ def problems_from_validation(exc: ValidationError, file: str | None) -> list[Pro
         loc = _drop_union_tag(tuple(err["loc"]))
         msg = err["msg"]
         if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         base = format_loc(loc)
         if err["type"] == "value_error" and base == "$":
             # Cross-field checks report "path: message" lines.
@@ -115,9 +115,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 

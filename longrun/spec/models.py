@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
@@ -33,7 +33,7 @@ def check_relative_path(value: str) -> str:
     """A spec path is relative, POSIX-style and never climbs out with ``..``.
 
     Symlinks are checked at run time, when the path is resolved against the
-    workspace (see ``longrun.paths``).
+    workspace (see ``longrun.storage.paths``).
     """
     if not value or not value.strip():
         raise ValueError("must not be empty")
@@ -67,7 +67,7 @@ class RetryPolicy(_Model):
 
 
 class FailurePolicy(_Model):
-    """What to do when a required gate fails (retry is the default); see ``longrun.policy``."""
+    """What to do when a required gate fails (retry is the default); see ``longrun.governance.policy``."""
 
     action: Literal["retry", "escalate", "skip", "abort"] = "retry"
     max_retries: int = Field(3, ge=0, le=1000)
@@ -175,7 +175,6 @@ class TestPassGate(_CommandGate):
     min_pass_rate: float | None = Field(None, ge=0, le=1)
 
 
-
 class FileChangedGate(_GateBase):
     kind: Literal["file_changed"]
     pattern: str = Field(..., min_length=1, description="Glob matched against paths in the iteration's diff.")
@@ -186,14 +185,13 @@ class ArtifactExistsGate(_GateBase):
     path: RelPath
 
 
-
 class ApprovalGate(_GateBase):
     kind: Literal["approval"]
     step: str = Field(..., pattern=ID_PATTERN)
 
 
 Gate = Annotated[
-    Union[CommandPassGate, BuildPassGate, TestPassGate, FileChangedGate, ArtifactExistsGate, ApprovalGate],
+    CommandPassGate | BuildPassGate | TestPassGate | FileChangedGate | ArtifactExistsGate | ApprovalGate,
     Field(discriminator="kind"),
 ]
 
@@ -210,7 +208,6 @@ class StopConditions(_Model):
     no_progress_iterations: int | None = Field(
         None, ge=1, description="Stop after N iterations with the same patch and the same failing tests."
     )
-
 
 
 class Approval(_Model):
@@ -235,7 +232,7 @@ class Approval(_Model):
     )
 
     @model_validator(mode="after")
-    def _one_anchor(self) -> "Approval":
+    def _one_anchor(self) -> Approval:
         if sum(x is not None for x in (self.before, self.after, self.escalate)) != 1:
             raise ValueError("set exactly one of 'before' (a stage id), 'after: gates' or 'escalate' (a gate id)")
         if self.escalate is not None and self.step is not None:
@@ -279,7 +276,6 @@ class Workspace(_Model):
     )
 
 
-
 class Defaults(_Model):
     timeout: float = Field(600, gt=0, le=7 * 24 * 3600)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -321,7 +317,6 @@ class JobSpec(_Model):
     )
     tags: list[str] = Field(default_factory=list)
 
-
     @field_validator("allowed_tools")
     @classmethod
     def _tools(cls, v: list[str]) -> list[str]:
@@ -331,7 +326,7 @@ class JobSpec(_Model):
         return v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "JobSpec":
+    def _cross_checks(self) -> JobSpec:
         errors = cross_check(self.model_dump(mode="json"))
         if errors:
             # One "path: message" line per problem; the loader splits them.
@@ -427,14 +422,18 @@ def _not_escalating(data: dict, gates: dict, gate_id: str) -> str | None:
 
 
 def _check_acyclic(stages: list, errors: list[tuple[str, str]]) -> None:
-    deps = {s["id"]: [d for d in s.get("depends_on") or [] if isinstance(d, str)] for s in stages if isinstance(s, dict) and isinstance(s.get("id"), str)}
+    deps = {
+        s["id"]: [d for d in s.get("depends_on") or [] if isinstance(d, str)]
+        for s in stages
+        if isinstance(s, dict) and isinstance(s.get("id"), str)
+    }
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
         if state.get(node) == 2 or node not in deps:
             return
         if state.get(node) == 1:
-            cycle = trail[trail.index(node):] + [node]
+            cycle = trail[trail.index(node) :] + [node]
             errors.append(("stages", f"depends_on cycle {' -> '.join(cycle)}"))
             return
         state[node] = 1

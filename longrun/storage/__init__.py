@@ -11,12 +11,13 @@ boto3 nor Prefect is imported until a store needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from longrun.errors import EvidenceStoreError, EvidenceStoreInvalid, PathEscape
-from longrun.paths import MAESTRO, safe_join
+from longrun.storage.paths import MAESTRO, safe_join
 
 if TYPE_CHECKING:
     from longrun.storage.local import LocalDirStore
@@ -55,7 +56,7 @@ class StoredObject:
 
 @runtime_checkable
 class EvidenceStore(Protocol):
-    """What :mod:`longrun.publish` needs from a store. Keys are relative POSIX paths."""
+    """What :mod:`longrun.evidence.publish` needs from a store. Keys are relative POSIX paths."""
 
     def put(self, local: Path, key: str, *, sha256: str) -> StoredObject:
         """Store the file ``local`` under ``key``; check it arrived with ``sha256``."""
@@ -84,7 +85,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key/parts`` → ``("bucket", "key/parts")`` (the key may be empty)."""
     if not isinstance(uri, str) or not uri.startswith("s3://"):
         raise EvidenceStoreInvalid(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket:
         raise EvidenceStoreInvalid(f"{uri!r} names no bucket")
     return bucket, key
@@ -146,19 +147,25 @@ def _parse_ref(spec_store: str | None, root: Path) -> tuple[str, str]:
     return "local", str(safe_join(root, ref, what="evidence.store"))
 
 
-def _load_block(slug: str, name: str) -> EvidenceStore:
-    """Load a saved longrun evidence block and return its core store (imports Prefect)."""
-    # The one edge from the core to the Prefect adapters, taken only for a block reference.
-    from longrun.blocks.evidence import BLOCK_CLASSES
+BlockLoader = Callable[[str, str], EvidenceStore]
 
-    cls = BLOCK_CLASSES[slug]
-    try:
-        block = cls.load(name, _sync=True)
-    except ValueError as exc:  # Prefect: "Unable to find block document named …"
-        raise EvidenceStoreInvalid(f"no {slug} block named {name!r}: {exc}") from exc
-    except Exception as exc:  # the Prefect API is unreachable, or similar
-        raise EvidenceStoreError(f"could not load block {slug}/{name}: {type(exc).__name__}: {exc}") from exc
-    return block.store()
+#: Loads a saved evidence block (``<slug>``, ``<name>``) and returns its core
+#: store. The Prefect adapter (``longrun.blocks.evidence``) installs it when it
+#: is imported; the core never imports Prefect itself.
+_block_loader: BlockLoader | None = None
+
+
+def set_block_loader(loader: BlockLoader) -> None:
+    global _block_loader
+    _block_loader = loader
+
+
+def _load_block(slug: str, name: str) -> EvidenceStore:
+    if _block_loader is None:
+        raise EvidenceStoreError(
+            f"evidence store {slug}/{name} is a Prefect block, and the Prefect adapter (longrun.blocks.evidence) is not loaded"
+        )
+    return _block_loader(slug, name)
 
 
 def __getattr__(name: str):  # lazy re-exports keep `import longrun.storage` light

@@ -7,8 +7,8 @@ from pathlib import Path, PurePosixPath
 
 from longrun import atomicio
 from longrun.errors import EvidenceMissing, EvidenceStoreError
-from longrun.paths import safe_join
 from longrun.storage import StoredObject, check_key
+from longrun.storage.paths import safe_join
 
 _CHUNK = 1 << 20
 

@@ -309,7 +309,9 @@ class S3Store:
         try:
             head = self._retry(f"head {uri}", lambda: self._head(full, uri))
         except EvidenceMissing as exc:
-            raise EvidenceStoreError(f"{uri} is missing right after its upload ({exc.message})", code="evidence_upload_failed") from exc
+            raise EvidenceStoreError(
+                f"{uri} is missing right after its upload ({exc.message})", code="evidence_upload_failed"
+            ) from exc
         got_size = head.get("ContentLength")
         got_sha = (head.get("Metadata") or {}).get("sha256")
         if got_size != size or got_sha != sha256:

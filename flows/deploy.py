@@ -1,0 +1,509 @@
+"""Deployments of job specs to Prefect (SPEC O2): names, parameters, schedules, keys.
+
+Pure helpers: nothing here imports Prefect at module import time. The few
+functions that return Prefect objects (``cron_schedule``,
+``concurrency_config``, ``next_run_times``) import it when called.
+
+Naming
+------
+``longrun deploy SPEC`` creates the deployment ``<job>/<deployment>``: the flow is
+named after the job and the deployment defaults to the job name too, so
+``run_deployment("hello-loop/hello-loop")``. ``deployments/prefect.yaml``
+(``prefect deploy``) loads the fixed entrypoint ``flows/entry.py:longrun_job_entry``
+whose flow is ``longrun-job``, so its deployments are ``longrun-job/<deployment>``.
+
+Idempotency
+-----------
+Prefect makes a flow run unique per *(flow, idempotency key)*. Several
+deployments can share one flow (all ``prefect.yaml`` deployments share
+``longrun-job``), so ``intended_run_key`` always puts the job id in the key:
+``longrun:<jobId>:at:<UTC time>`` for a scheduled time, ``longrun:<jobId>:key:<KEY>``
+for an explicit key. Every trigger of the same intended run computes the same
+key, and the server returns the existing flow run instead of creating another.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from longrun.spec.loader import LoadedSpec
+from longrun.storage.paths import JOB_ID_RE
+
+#: The process work pool ``longrun deploy`` and ``prefect.yaml`` use by default.
+DEFAULT_POOL = "longrun-process"
+#: The flow name of the module-level entrypoint (``flows/entry.py``).
+ENTRY_FLOW_NAME = "longrun-job"
+#: Module-path entrypoint used by ``longrun deploy`` (``--pool`` and ``--serve``).
+ENTRYPOINT_MODULE = "longrun.flows.entry.longrun_job_entry"
+#: File entrypoint used by ``deployments/prefect.yaml`` (relative to the repository root).
+ENTRYPOINT_FILE = "flows/entry.py:longrun_job_entry"
+#: Default concurrency: one run of a deployment at a time, later ones wait.
+DEFAULT_CONCURRENCY = 1
+DEFAULT_COLLISION_STRATEGY = "ENQUEUE"
+COLLISION_STRATEGIES = ("ENQUEUE", "CANCEL_NEW")
+
+# Prefect refuses these characters in flow and deployment names.
+_BANNED = "/%&><"
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A cron expression in an explicit IANA time zone (the spec's ``schedule``)."""
+
+    cron: str
+    timezone: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"cron": self.cron, "timezone": self.timezone}
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """Everything a deployment of one job is made of, before Prefect is involved."""
+
+    job_id: str
+    job_name: str
+    flow_name: str
+    deployment_name: str
+    parameters: dict[str, Any]
+    tags: list[str]
+    description: str
+    schedule: ScheduleSpec | None
+    concurrency_limit: int = DEFAULT_CONCURRENCY
+    collision_strategy: str = DEFAULT_COLLISION_STRATEGY
+
+    @property
+    def full_name(self) -> str:
+        """The name ``run_deployment`` takes: ``<flow>/<deployment>``."""
+        return run_deployment_name(self.flow_name, self.deployment_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "job": self.job_name,
+            "flow": self.flow_name,
+            "deployment": self.deployment_name,
+            "name": self.full_name,
+            "parameters": {k: v for k, v in self.parameters.items() if k != "spec"},
+            "tags": list(self.tags),
+            "schedule": self.schedule.to_dict() if self.schedule else None,
+            "concurrency": {"limit": self.concurrency_limit, "collision_strategy": self.collision_strategy},
+        }
+
+
+def run_deployment_name(flow_name: str, deployment_name: str) -> str:
+    return f"{flow_name}/{deployment_name}"
+
+
+def check_name(name: str, what: str = "deployment name") -> str:
+    """A flow or deployment name Prefect accepts (no ``/ % & > <``), else ``ValueError``."""
+    name = name.strip()
+    if not name or len(name) > 200 or any(c in name for c in _BANNED) or any(ord(c) < 32 for c in name):
+        raise ValueError(f"{what} {name!r} is empty, too long, or contains one of {' '.join(_BANNED)}")
+    return name
+
+
+def canonical_spec(loaded: LoadedSpec) -> dict[str, Any]:
+    """The canonical spec as a dict: the ``spec`` parameter of every deployment."""
+    return json.loads(loaded.canonical)
+
+
+def deployment_parameters(loaded: LoadedSpec, root: str | Path, source: str | Path | None = None) -> dict[str, Any]:
+    """``longrun_job``'s parameters: the canonical spec, the absolute job root and spec path.
+
+    ``source`` (default: the file the spec was loaded from) is where the flow
+    finds the workspace template when the workspace does not exist yet.
+    """
+    src = source if source is not None else loaded.source
+    return {
+        "spec": canonical_spec(loaded),
+        "root": str(Path(root).resolve()),
+        "source": str(Path(src).resolve()) if src is not None else None,
+    }
+
+
+def deployment_tags(loaded: LoadedSpec) -> list[str]:
+    """``longrun``, ``job:<name>``, ``job-id:<jobId>``, then the spec's own tags (no duplicates)."""
+    out: list[str] = []
+    for tag in ["longrun", f"job:{loaded.spec.name}", f"job-id:{loaded.job_id}", *loaded.spec.tags]:
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+def schedule_of(loaded: LoadedSpec) -> ScheduleSpec | None:
+    s = loaded.spec.schedule
+    return ScheduleSpec(cron=s.cron, timezone=s.timezone) if s is not None else None
+
+
+def plan_deployment(
+    loaded: LoadedSpec,
+    root: str | Path,
+    *,
+    name: str | None = None,
+    flow_name: str | None = None,
+    concurrency_limit: int = DEFAULT_CONCURRENCY,
+    collision_strategy: str = DEFAULT_COLLISION_STRATEGY,
+) -> DeploymentPlan:
+    """The deployment of one job: flow and deployment named after the job by default."""
+    if concurrency_limit < 1:
+        raise ValueError("the concurrency limit must be 1 or more")
+    strategy = collision_strategy.upper()
+    if strategy not in COLLISION_STRATEGIES:
+        raise ValueError(f"collision strategy must be one of {', '.join(COLLISION_STRATEGIES)}")
+    return DeploymentPlan(
+        job_id=loaded.job_id,
+        job_name=loaded.spec.name,
+        flow_name=check_name(flow_name or loaded.spec.name, "flow name"),
+        deployment_name=check_name(name or loaded.spec.name),
+        parameters=deployment_parameters(loaded, root),
+        tags=deployment_tags(loaded),
+        description=loaded.spec.goal,
+        schedule=schedule_of(loaded),
+        concurrency_limit=concurrency_limit,
+        collision_strategy=strategy,
+    )
+
+
+# ----------------------------------------------------------- Prefect objects (lazy)
+
+
+def cron_schedule(schedule: ScheduleSpec | Any):
+    """``prefect.client.schemas.schedules.CronSchedule`` with the spec's cron *and* IANA time zone."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    return CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
+
+
+def concurrency_config(limit: int = DEFAULT_CONCURRENCY, strategy: str = DEFAULT_COLLISION_STRATEGY):
+    """``ConcurrencyLimitConfig(limit=1, collision_strategy=ENQUEUE)`` by default."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=limit, collision_strategy=ConcurrencyLimitStrategy(strategy.upper()))
+
+
+def next_run_times(schedule: ScheduleSpec | Any, n: int = 3, start: datetime | None = None) -> list[datetime]:
+    """The next ``n`` run times of a cron schedule, as aware datetimes in its own time zone.
+
+    Computed by Prefect's server-side ``CronSchedule.get_dates`` (what the
+    Prefect scheduler uses), so DST behaves exactly as the server schedules it.
+    """
+    from prefect.server.schemas.schedules import CronSchedule
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    tz = ZoneInfo(schedule.timezone)
+    sched = CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
+    dates = run_coro_as_sync(sched.get_dates(n=n, start=start or datetime.now(UTC)))
+    return [datetime.fromtimestamp(d.timestamp(), tz) for d in dates or []]
+
+
+# ----------------------------------------------------------- intended runs
+
+
+def parse_time(value: str | datetime) -> datetime:
+    """An aware datetime from a datetime or an ISO 8601 string (``Z`` accepted); naive is refused."""
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"{value!s} has no UTC offset; give one (e.g. +01:00 or Z) so the time is unambiguous")
+    return dt
+
+
+def _utc_text(dt: datetime) -> str:
+    u = dt.astimezone(UTC)
+    text = u.strftime("%Y-%m-%dT%H:%M:%S")
+    if u.microsecond:
+        text += f".{u.microsecond:06d}"
+    return text + "Z"
+
+
+def intended_run_key(job_id: str, scheduled_time: str | datetime | None = None, explicit_key: str | None = None) -> str:
+    """The idempotency key of one intended run of a job.
+
+    - ``explicit_key`` given: ``longrun:<jobId>:key:<explicit_key>`` (it names the run;
+      ``scheduled_time`` is then ignored).
+    - ``scheduled_time`` given: ``longrun:<jobId>:at:<UTC ISO time>``; the same instant
+      written in any offset or zone gives the same key.
+    - neither: a fresh key (``longrun:<jobId>:once:<uuid>``): every such trigger is
+      its own intended run.
+    """
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise ValueError(f"{job_id!r} is not a job id (12 hex digits)")
+    if explicit_key is not None:
+        key = explicit_key.strip()
+        if not key:
+            raise ValueError("the explicit key is empty")
+        return f"longrun:{job_id}:key:{key}"
+    if scheduled_time is not None:
+        return f"longrun:{job_id}:at:{_utc_text(parse_time(scheduled_time))}"
+    return f"longrun:{job_id}:once:{uuid.uuid4().hex}"
+
+
+def job_id_from_deployment(tags: list[str] | None, parameters: dict[str, Any] | None) -> str | None:
+    """The job id of a longrun deployment: its ``job-id:`` tag, else computed from its spec."""
+    for tag in tags or []:
+        if tag.startswith("job-id:") and JOB_ID_RE.match(tag[len("job-id:") :]):
+            return tag[len("job-id:") :]
+    spec = (parameters or {}).get("spec")
+    if isinstance(spec, dict):
+        from longrun.errors import SpecError
+        from longrun.spec.loader import job_id_for, validate_spec_data
+
+        try:
+            return job_id_for(validate_spec_data(spec))
+        except SpecError:
+            return None
+    return None
+
+
+# ----------------------------------------------------------- prefect.yaml
+
+#: The schedule the example deployment gets when its spec has none.
+EXAMPLE_SCHEDULE = ScheduleSpec(cron="0 2 * * *", timezone="Europe/Berlin")
+PREFECT_YAML_VERSION = "3.8.8"
+_REPO = "{{ repo.stdout }}"
+
+
+def prefect_yaml_document(
+    loaded: LoadedSpec,
+    spec_relpath: str,
+    *,
+    pool: str = DEFAULT_POOL,
+    default_schedule: ScheduleSpec | None = EXAMPLE_SCHEDULE,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The ``prefect.yaml`` document that deploys one spec with ``prefect deploy --all``.
+
+    Run from the repository root: a build step records the directory
+    (``pwd``, no image is built or pushed), the pull step makes it the runs'
+    working directory, and ``root``/``source`` are absolute paths under it.
+    """
+    text = json.dumps(canonical_spec(loaded))
+    if "{{" in text:
+        raise ValueError("the spec contains '{{', which prefect deploy would treat as a template")
+    schedule = schedule_of(loaded) or default_schedule
+    deployment: dict[str, Any] = {
+        "name": check_name(name or loaded.spec.name),
+        "description": loaded.spec.goal,
+        "entrypoint": ENTRYPOINT_FILE,
+        "tags": deployment_tags(loaded),
+        "parameters": {
+            "spec": canonical_spec(loaded),
+            "root": _REPO,
+            "source": f"{_REPO}/{spec_relpath}",
+        },
+        "schedules": [{**schedule.to_dict(), "active": True}] if schedule else [],
+        "concurrency_limit": {"limit": DEFAULT_CONCURRENCY, "collision_strategy": DEFAULT_COLLISION_STRATEGY},
+        "work_pool": {"name": pool, "work_queue_name": None, "job_variables": {}},
+    }
+    return {
+        "name": "longrun",
+        "prefect-version": PREFECT_YAML_VERSION,
+        "build": [{"prefect.deployments.steps.run_shell_script": {"id": "repo", "script": "pwd"}}],
+        "push": None,
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": _REPO}}],
+        "deployments": [deployment],
+    }
+
+
+def render_prefect_yaml(loaded: LoadedSpec, spec_relpath: str, **kwargs: Any) -> str:
+    """``prefect_yaml_document`` as YAML text, with a header saying how it was made."""
+    import yaml
+
+    doc = prefect_yaml_document(loaded, spec_relpath, **kwargs)
+    schedule_note = (
+        "the spec's schedule"
+        if loaded.spec.schedule
+        else f"no schedule in the spec: the example schedule {EXAMPLE_SCHEDULE.cron!r} ({EXAMPLE_SCHEDULE.timezone})"
+    )
+    header = (
+        f"# GENERATED by deployments/render.py from {spec_relpath} (job {loaded.spec.name}, id {loaded.job_id}).\n"
+        "# Do not edit by hand: change the spec and run `python deployments/render.py`;\n"
+        "# tests/test_deployments.py fails when this file and the spec drift apart.\n"
+        "#\n"
+        "# Deploy from the repository root against a Prefect server (nothing is built or pushed):\n"
+        "#   export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+        f"#   prefect work-pool create {doc['deployments'][0]['work_pool']['name']} --type process\n"
+        "#   prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml\n"
+        f"#   prefect worker start --pool {doc['deployments'][0]['work_pool']['name']}\n"
+        f'# The deployment is run_deployment("{ENTRY_FLOW_NAME}/{doc["deployments"][0]["name"]}").\n'
+        "#\n"
+        "# build: records the directory `prefect deploy` runs in (the repository root) as\n"
+        "#   {{ repo.stdout }}; pull: runs start there; root/source: absolute paths under it.\n"
+        f"# schedules: {schedule_note}.\n"
+    )
+    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
+    return header + body
+
+
+# ----------------------------------------------------------- triggers (Prefect, lazy)
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    flow_run_id: str
+    flow_run_name: str
+    state: str
+    deployment_id: str
+    deployment: str
+    job_id: str
+    idempotency_key: str
+    scheduled_time: str | None
+    created: str | None
+    #: True when ``at`` matched a run that already existed for that time (e.g. the
+    #: Prefect scheduler's own run); False when run_deployment returned the run.
+    scheduled_run_reused: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _flow_name(client: Any, flow_id: Any, cache: dict[Any, str]) -> str:
+    if flow_id not in cache:
+        cache[flow_id] = client.read_flow(flow_id).name
+    return cache[flow_id]
+
+
+def resolve_deployment(client: Any, ref: str) -> tuple[Any, str]:
+    """A deployment and its ``<flow>/<deployment>`` name from a reference.
+
+    ``ref`` is a deployment id, ``<flow>/<deployment>``, or a job (name or id):
+    the one deployment tagged ``job:<name>`` / ``job-id:<id>`` or named ``ref``.
+    Raises ``LongrunError`` ``deployment_not_found`` / ``deployment_ambiguous``.
+    """
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, DeploymentFilterTags
+    from prefect.client.schemas.sorting import DeploymentSort
+    from prefect.exceptions import ObjectNotFound
+
+    from longrun.errors import LongrunError
+
+    names: dict[Any, str] = {}
+    try:
+        dep_id = uuid.UUID(ref)
+    except ValueError:
+        dep_id = None
+    try:
+        if dep_id is not None:
+            dep = client.read_deployment(dep_id)
+            return dep, run_deployment_name(_flow_name(client, dep.flow_id, names), dep.name)
+        if "/" in ref:
+            dep = client.read_deployment_by_name(ref)
+            return dep, ref
+    except ObjectNotFound:
+        raise LongrunError(f"no deployment {ref!r} on the Prefect server", code="deployment_not_found") from None
+
+    filters = [DeploymentFilter(tags=DeploymentFilterTags(all_=[f"job:{ref}"]))]
+    if JOB_ID_RE.match(ref):
+        filters.append(DeploymentFilter(tags=DeploymentFilterTags(all_=[f"job-id:{ref}"])))
+    filters.append(DeploymentFilter(name=DeploymentFilterName(any_=[ref])))
+    found: dict[Any, Any] = {}
+    for f in filters:
+        for dep in client.read_deployments(deployment_filter=f, limit=50, sort=DeploymentSort.NAME_ASC, offset=0):
+            found.setdefault(dep.id, dep)
+    if not found:
+        raise LongrunError(
+            f"no deployment of job {ref!r} (tags job:{ref} / job-id:{ref}) and none named {ref!r}; "
+            "deploy it with: longrun deploy SPEC",
+            code="deployment_not_found",
+        )
+    if len(found) > 1:
+        listed = sorted(run_deployment_name(_flow_name(client, d.flow_id, names), d.name) for d in found.values())
+        raise LongrunError(
+            f"{ref!r} matches {len(found)} deployments: {', '.join(listed)}; name one as <flow>/<deployment>",
+            code="deployment_ambiguous",
+        )
+    (dep,) = found.values()
+    return dep, run_deployment_name(_flow_name(client, dep.flow_id, names), dep.name)
+
+
+def _scheduled_run_at(client: Any, deployment_id: Any, at: datetime) -> Any | None:
+    """A flow run of the deployment that the Prefect scheduler (or anyone) created for ``at``."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=at, before_=at)),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=1,
+        offset=0,
+    )
+    return runs[0] if runs else None
+
+
+def trigger(
+    target: str,
+    *,
+    key: str | None = None,
+    at: str | datetime | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> TriggerResult:
+    """Start one intended run of a deployed job; triggers of the same intended run share it.
+
+    ``run_deployment(..., timeout=0, idempotency_key=intended_run_key(job_id, at, key))``:
+    the Prefect server returns the existing flow run for a repeated key. With
+    ``at`` (and no ``key``) a run that already exists for exactly that time --
+    typically the one the Prefect scheduler created from the deployment's cron
+    schedule -- is returned instead of creating a second one. The run is
+    scheduled at ``at`` (now when not given).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from longrun.errors import LongrunError
+
+    when = parse_time(at) if at is not None else None
+    with get_client(sync_client=True) as client:
+        dep, full_name = resolve_deployment(client, target)
+        job_id = job_id_from_deployment(list(dep.tags or []), dict(dep.parameters or {}))
+        if job_id is None:
+            raise LongrunError(
+                f"deployment {full_name!r} is not a longrun job deployment (no job-id tag, no valid spec parameter)",
+                code="deployment_not_longrun",
+            )
+        idem = intended_run_key(job_id, when, key)
+        existing = _scheduled_run_at(client, dep.id, when) if when is not None and key is None else None
+    if existing is not None:
+        fr, reused = existing, True
+    else:
+        fr = run_deployment(
+            dep.id,
+            parameters=parameters or None,
+            scheduled_time=when,
+            timeout=0,
+            idempotency_key=idem,
+            as_subflow=False,
+        )
+        reused = False
+    state = fr.state.type.value if fr.state is not None else "UNKNOWN"
+    return TriggerResult(
+        flow_run_id=str(fr.id),
+        flow_run_name=fr.name,
+        state=state,
+        deployment_id=str(dep.id),
+        deployment=full_name,
+        job_id=job_id,
+        idempotency_key=fr.idempotency_key or idem,
+        scheduled_time=_utc_text(when) if when is not None else None,
+        created=_utc_text(fr.created) if fr.created is not None else None,
+        scheduled_run_reused=reused,
+    )

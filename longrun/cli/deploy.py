@@ -1,0 +1,312 @@
+"""``longrun deploy`` and ``longrun trigger`` (SPEC O2).
+
+::
+
+    longrun deploy SPEC [--pool NAME | --serve] [--name DEPLOYMENT] [--root DIR] [--json]
+    longrun trigger JOB_OR_DEPLOYMENT [--key KEY] [--at ISO8601] [--root DIR] [--json]
+
+``deploy`` validates the spec, then creates (or updates) the Prefect deployment
+``<job>/<deployment>`` (flow named after the job; deployment name defaults to
+the job name) with the canonical spec, the absolute job root and spec path as
+parameters, the spec's cron schedule in its IANA time zone, one run at a time
+(``ENQUEUE``), and the tags ``longrun``, ``job:<name>``, ``job-id:<jobId>`` plus
+the spec's tags. ``--pool`` (default ``longrun-process``; a missing pool is
+created as a process pool) registers it for workers of that pool; ``--serve``
+serves it from this process until Ctrl-C.
+
+``trigger`` starts one intended run: ``run_deployment(..., timeout=0,
+idempotency_key=intended_run_key(jobId, --at, --key))``; repeated triggers of
+the same intended run return the same flow run.
+
+Exit codes: 0 ok; 1 Prefect API error; 2 bad input (``job_invalid_spec``,
+``job_not_found``, ``deployment_not_found``, ``deployment_ambiguous``,
+``deployment_not_longrun``, ``usage_error``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from longrun.cli.main import EXIT_OK, _root
+from longrun.errors import LongrunError
+
+__all__ = ["cmd_deploy", "cmd_trigger", "register"]
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``deploy`` and ``trigger`` to the ``longrun`` parser's subcommands."""
+    from longrun.flows.deploy import COLLISION_STRATEGIES, DEFAULT_POOL
+
+    s = sub.add_parser(
+        "deploy",
+        parents=[common],
+        help="deploy a spec to Prefect (a work pool, or --serve from this process)",
+        description="Create or update the Prefect deployment <job>/<deployment> of a job spec: the canonical "
+        "spec, the job root and the spec path as parameters, the spec's cron schedule in its time zone, "
+        "one run at a time. Runs write under --root (default: the current directory).",
+    )
+    s.add_argument("path", metavar="SPEC")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--pool",
+        default=None,
+        metavar="NAME",
+        help=f"work pool for workers (default: {DEFAULT_POOL}; created as a process pool if missing)",
+    )
+    mode.add_argument(
+        "--serve", action="store_true", help="serve the deployment from this process until Ctrl-C (no work pool, no worker)"
+    )
+    s.add_argument("--name", default=None, metavar="DEPLOYMENT", help="deployment name (default: the job name)")
+    s.add_argument(
+        "--concurrency", type=int, default=1, metavar="N", help="runs of this deployment at the same time (default: 1)"
+    )
+    s.add_argument(
+        "--collision-strategy",
+        default="ENQUEUE",
+        choices=COLLISION_STRATEGIES,
+        help="what happens to a run over the limit: wait (ENQUEUE, default) or be cancelled (CANCEL_NEW)",
+    )
+    s.set_defaults(fn=cmd_deploy)
+
+    s = sub.add_parser(
+        "trigger",
+        parents=[common],
+        help="start one intended run of a deployed job (idempotent per --at/--key)",
+        description="Create a flow run of a deployment with run_deployment(timeout=0) and an idempotency key "
+        "derived from the job id and --at or --key: triggers of the same intended run share one flow run.",
+    )
+    s.add_argument(
+        "target",
+        metavar="JOB_OR_DEPLOYMENT",
+        help="a job name or id (its one deployment), <flow>/<deployment>, or a deployment id",
+    )
+    s.add_argument("--key", default=None, help="explicit idempotency key naming the intended run")
+    s.add_argument(
+        "--at",
+        default=None,
+        metavar="ISO8601",
+        help="the intended run's scheduled time, with an offset (e.g. 2027-03-28T02:00:00+01:00)",
+    )
+    s.set_defaults(fn=cmd_trigger)
+
+
+def _api_note() -> None:
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        print(
+            "note: PREFECT_API_URL is not set; using Prefect's embedded server (its database in $PREFECT_HOME). "
+            "Workers and the UI need a running server: prefect server start, then export PREFECT_API_URL.",
+            file=sys.stderr,
+        )
+
+
+def _api_errors(exc: Exception) -> LongrunError:
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url or "the embedded server"
+    return LongrunError(f"Prefect API error ({url}): {type(exc).__name__}: {exc}", code="prefect_api_error")
+
+
+def _fmt_time(dt, tz: str) -> str:
+    from zoneinfo import ZoneInfo
+
+    return dt.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M %Z (%z)")
+
+
+# ---------------------------------------------------------------- deploy
+
+
+def cmd_deploy(args: argparse.Namespace, out: Any) -> int:
+    from longrun.engine.preflight import preflight
+    from longrun.flows.deploy import DEFAULT_POOL, next_run_times, plan_deployment
+    from longrun.spec import load_spec
+
+    root = _root(args)
+    loaded = load_spec(args.path)
+    preflight(loaded, root, loaded.source.parent if loaded.source else None)
+    try:
+        plan = plan_deployment(
+            loaded, root, name=args.name, concurrency_limit=args.concurrency, collision_strategy=args.collision_strategy
+        )
+    except ValueError as exc:
+        raise LongrunError(str(exc), code="usage_error") from None
+    _api_note()
+    pool = None if args.serve else (args.pool or DEFAULT_POOL)
+    flow, deployment = _runner_deployment(plan, pool)
+    try:
+        created_pool = _ensure_pool(pool) if pool else False
+        deployment_id = deployment.apply(work_pool_name=pool) if pool else deployment.apply()
+    except LongrunError:
+        raise
+    except Exception as exc:
+        raise _api_errors(exc) from None
+    doc = plan.to_dict() | {
+        "deployment_id": str(deployment_id),
+        "mode": "serve" if args.serve else "pool",
+        "pool": pool,
+        "pool_created": created_pool,
+        "entrypoint": deployment.entrypoint,
+        "next_runs": [],
+    }
+    if plan.schedule:
+        doc["next_runs"] = [d.isoformat() for d in next_run_times(plan.schedule, 3)]
+    out.emit(_deploy_text(doc), doc)
+    sys.stdout.flush()
+    if not args.serve:
+        return EXIT_OK
+    print(
+        f"serving {plan.full_name} from this process (pid {os.getpid()}); Ctrl-C stops serving and pauses its schedule",
+        file=sys.stderr,
+        flush=True,
+    )
+    _serve(flow, plan)
+    print(
+        f"stopped serving {plan.full_name}; its schedule is paused (resume: prefect deployment schedule resume, or deploy again)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _runner_deployment(plan, pool: str | None):
+    """The job's flow (``longrun_job_entry`` renamed after the job) and its RunnerDeployment."""
+    from longrun.flows.deploy import concurrency_config
+    from longrun.flows.entry import longrun_job_entry
+
+    flow = longrun_job_entry.with_options(name=plan.flow_name)
+    deployment = flow.to_deployment(
+        concurrency_limit=concurrency_config(plan.concurrency_limit, plan.collision_strategy),
+        work_pool_name=pool,
+        **_deployment_options(plan),
+    )
+    return flow, deployment
+
+
+def _deployment_options(plan) -> dict[str, Any]:
+    """What ``flow.to_deployment`` and ``flow.serve`` are both given for a job."""
+    from prefect.types.entrypoint import EntrypointType
+
+    from longrun.flows.deploy import cron_schedule
+
+    return {
+        "name": plan.deployment_name,
+        "schedules": [cron_schedule(plan.schedule)] if plan.schedule else [],
+        "parameters": plan.parameters,
+        "description": plan.description,
+        "tags": plan.tags,
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+    }
+
+
+def _ensure_pool(pool: str) -> bool:
+    """The work pool exists afterwards; a missing one is created as a process pool (returns True)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            wp = client.read_work_pool(pool)
+        except ObjectNotFound:
+            try:
+                client.create_work_pool(
+                    WorkPoolCreate(name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
+                )
+            except ObjectAlreadyExists:
+                return False
+            print(f"created process work pool {pool!r}", file=sys.stderr)
+            return True
+    if wp.type != "process":
+        print(
+            f"note: work pool {pool!r} is of type {wp.type!r}; its workers must have longrun installed "
+            "(the entrypoint is the module longrun.flows.entry)",
+            file=sys.stderr,
+        )
+    return False
+
+
+def _serve(flow, plan) -> None:
+    from longrun.flows.deploy import concurrency_config
+
+    flow.serve(
+        global_limit=concurrency_config(plan.concurrency_limit, plan.collision_strategy),
+        pause_on_shutdown=True,
+        print_starting_message=False,
+        **_deployment_options(plan),
+    )
+
+
+def _deploy_text(doc: dict[str, Any]) -> str:
+    from datetime import datetime
+
+    lines = [
+        f"deployed {doc['job']} ({doc['job_id']}) as {doc['name']!r}",
+        f"  deployment id  {doc['deployment_id']}",
+    ]
+    if doc["mode"] == "serve":
+        lines.append("  served by      this process (no work pool)")
+    else:
+        lines.append(f"  work pool      {doc['pool']}" + (" (created, type process)" if doc["pool_created"] else ""))
+    lines.append(f"  root           {doc['parameters']['root']}")
+    lines.append(f"  spec           {doc['parameters']['source']}")
+    if doc["schedule"]:
+        lines.append(f"  schedule       {doc['schedule']['cron']} ({doc['schedule']['timezone']})")
+        for i, iso in enumerate(doc["next_runs"]):
+            lines.append(
+                f"  {'next runs' if i == 0 else '':<14} {_fmt_time(datetime.fromisoformat(iso), doc['schedule']['timezone'])}"
+            )
+    else:
+        lines.append("  schedule       none (trigger it)")
+    c = doc["concurrency"]
+    lines.append(f"  concurrency    {c['limit']} run(s) at a time, {c['collision_strategy']}")
+    lines.append(f"  tags           {', '.join(doc['tags'])}")
+    lines.append("")
+    lines.append("trigger it from code:")
+    lines.append("  from prefect.deployments import run_deployment")
+    lines.append("  from longrun.flows.deploy import intended_run_key")
+    lines.append(
+        f"  run_deployment({doc['name']!r}, timeout=0, "
+        f"idempotency_key=intended_run_key({doc['job_id']!r}, scheduled_time, explicit_key))"
+    )
+    lines.append(f"or: longrun trigger {doc['name']} [--at ISO8601 | --key KEY]")
+    if doc["mode"] == "pool":
+        lines.append(f"runs start when a worker polls the pool: prefect worker start --pool {doc['pool']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- trigger
+
+
+def cmd_trigger(args: argparse.Namespace, out: Any) -> int:
+    from longrun.flows.deploy import parse_time, trigger
+
+    if args.at is not None:
+        try:
+            parse_time(args.at)
+        except ValueError as exc:
+            raise LongrunError(f"--at: {exc}", code="usage_error") from None
+    if args.key is not None and not args.key.strip():
+        raise LongrunError("--key is empty", code="usage_error")
+    parameters = None
+    if getattr(args, "root", None):
+        parameters = {"root": str(_root(args))}
+    _api_note()
+    try:
+        result = trigger(args.target, key=args.key, at=args.at, parameters=parameters)
+    except LongrunError:
+        raise
+    except Exception as exc:
+        raise _api_errors(exc) from None
+    doc = result.to_dict()
+    human = (
+        f"flow run {result.flow_run_id} ({result.flow_run_name}) of {result.deployment}: {result.state}\n"
+        f"  idempotency key  {result.idempotency_key}"
+        + (f"\n  scheduled for    {result.scheduled_time}" if result.scheduled_time else "")
+        + ("\n  (the run that already existed for that time)" if result.scheduled_run_reused else "")
+    )
+    out.emit(human, doc)
+    return EXIT_OK

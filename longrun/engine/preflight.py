@@ -1,0 +1,69 @@
+"""Checks before a job runs: paths, workspace, template, evidence store.
+
+Shared by the CLI (before Prefect starts), ``deploy`` and the flow, so a
+deployment run refuses the same things ``longrun run`` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from longrun.errors import LongrunError, PathEscape
+from longrun.governance.scope import check_spec_paths
+from longrun.spec.loader import LoadedSpec
+from longrun.storage import check_store_ref
+from longrun.storage.paths import JobPaths, safe_join
+from longrun.workspace import gitutil, worktree
+
+
+def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> None:
+    """Refuse bad input before anything runs: paths, workspace, template, evidence store.
+
+    The CLI calls it before Prefect starts, and the flow before its run
+    starts, so a deployment run refuses the same things ``longrun run`` does.
+    Both call it only for a job that will run: a ``COMPLETED``/``REJECTED``
+    job is reported as it is, whatever its workspace looks like now.
+    ``template_base`` is the spec file's directory (None: the spec has no
+    file, e.g. a resumed job).
+    """
+    problems = check_spec_paths(loaded.spec, root)
+    if problems:
+        raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+    check_store_ref(loaded.spec.evidence.store, root)
+    workspace, template = _workspace_and_template(loaded, root, template_base)
+    if template is not None:
+        if not template.is_dir():
+            raise LongrunError(f"workspace template {template} is not a directory", code="template_not_found")
+        return
+    if not gitutil.is_repo(workspace):
+        raise LongrunError(f"workspace {workspace} is not a git repository (run `git init` there)", code="workspace_missing")
+    if loaded.spec.isolation == "worktree":
+        if not JobPaths(root, loaded.job_id).worktree_dir.exists() and worktree.is_dirty(workspace):
+            raise LongrunError(
+                f"workspace {workspace} has uncommitted changes; isolation: worktree starts only from a clean tree",
+                code="workspace_dirty",
+            )
+
+
+def ensure_workspace(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Path:
+    """The job's workspace; created from its template (as a new git repo) when absent."""
+    workspace, template = _workspace_and_template(loaded, root, template_base)
+    if template is not None:
+        gitutil.init_from_template(template, workspace)
+    return workspace
+
+
+def _workspace_and_template(loaded: LoadedSpec, root: Path, template_base: Path | None) -> tuple[Path, Path | None]:
+    """The workspace path, and the template to create it from (None: it exists)."""
+    ws_cfg = loaded.spec.workspace
+    workspace = safe_join(root, ws_cfg.path, what="workspace.path")
+    if workspace.exists():
+        return workspace, None
+    if ws_cfg.template is None:
+        raise LongrunError(f"workspace {workspace} does not exist and the spec names no template", code="workspace_missing")
+    if template_base is None:
+        raise LongrunError(
+            f"workspace {workspace} does not exist; run the job from its spec file so the template can be found",
+            code="workspace_missing",
+        )
+    return workspace, safe_join(template_base, ws_cfg.template, what="workspace.template")

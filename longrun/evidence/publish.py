@@ -1,0 +1,149 @@
+"""Finish a job's evidence: build the bundle, journal it, upload it.
+
+The flow calls :func:`finalize_evidence` once a run ends; ``longrun evidence``
+calls it too, and ``longrun evidence push`` calls :func:`push_evidence` to
+retry an upload that failed. Upload failures never delete the local bundle and
+never raise: they are journaled (``evidence_upload_failed``) and returned in
+the :class:`EvidenceOutcome`, which the CLI maps to exit code 7.
+
+Remote keys: ``<store prefix>/<jobId>/<jobId>.tar.gz`` and
+``<store prefix>/<jobId>/<jobId>.manifest.json`` (the tar first, so a manifest
+in the store always has its bundle beside it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from longrun.errors import EvidenceStoreInvalid, LongrunError
+from longrun.evidence.bundle import BundleResult, build_bundle, load_bundle, verify
+from longrun.journal.local import Journal
+from longrun.storage import EvidenceStore, StoredObject, resolve_store
+from longrun.storage.paths import check_job_id
+
+__all__ = ["EvidenceOutcome", "finalize_evidence", "push_evidence", "remote_keys"]
+
+OutcomeStatus = Literal["local", "uploaded", "upload_failed"]
+
+
+@dataclass(frozen=True)
+class EvidenceOutcome:
+    """What happened to a job's evidence.
+
+    ``status``: ``local`` (built, no store configured), ``uploaded`` or
+    ``upload_failed`` (the local bundle is kept; ``error`` says why).
+    """
+
+    bundle: BundleResult
+    status: OutcomeStatus
+    store_uri: str | None = None
+    uploaded: StoredObject | None = None
+    manifest_uploaded: StoredObject | None = None
+    error: LongrunError | None = None
+
+    @property
+    def upload_failed(self) -> bool:
+        return self.status == "upload_failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.bundle
+        return {
+            "job_id": b.job_id,
+            "status": self.status,
+            "bundle": {"path": str(b.tar_path), "sha256": b.sha256, "size": b.size, "files": b.files},
+            "manifest": str(b.manifest_path),
+            "built_from_seq": b.built_from_seq,
+            "store": self.store_uri,
+            "uploaded": self.uploaded.to_dict() if self.uploaded else None,
+            "manifest_uploaded": self.manifest_uploaded.to_dict() if self.manifest_uploaded else None,
+            "error": self.error.to_dict() | {"retryable": self.error.retryable} if self.error else None,
+        }
+
+
+def remote_keys(job_id: str) -> tuple[str, str]:
+    """Store keys ``(<jobId>/<jobId>.tar.gz, <jobId>/<jobId>.manifest.json)`` (the store adds its prefix)."""
+    return f"{job_id}/{job_id}.tar.gz", f"{job_id}/{job_id}.manifest.json"
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return str(path)
+
+
+def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: Journal) -> EvidenceOutcome:
+    """Build the bundle, journal ``evidence_built``, and upload it when a store is configured.
+
+    ``store_ref`` is the spec's ``evidence.store`` (None: local only). Build
+    problems raise (:class:`~longrun.errors.EvidenceMissing`,
+    :class:`~longrun.errors.JournalCorrupt`); store problems do not — they are
+    journaled as ``evidence_upload_failed`` and returned.
+    """
+    root = Path(root)
+    bundle = build_bundle(root, check_job_id(job_id))
+    journal.append(
+        "evidence_built",
+        {
+            "manifest": _rel(bundle.manifest_path, root),
+            "bundle": _rel(bundle.tar_path, root),
+            "sha256": bundle.sha256,
+            "size": bundle.size,
+            "files": bundle.files,
+            "built_from_seq": bundle.built_from_seq,
+        },
+        job_id=job_id,
+    )
+    if store_ref is None:
+        return EvidenceOutcome(bundle, "local")
+    return _upload(root, bundle, store_ref, journal)
+
+
+def push_evidence(root: Path, job_id: str, store_ref: str | None, journal: Journal) -> EvidenceOutcome:
+    """Upload the bundle already built for ``job_id`` (``longrun evidence push JOB``).
+
+    The local bundle is verified against its manifest first; a bundle that does
+    not match raises :class:`~longrun.errors.EvidenceMismatch` and nothing is
+    uploaded. Raises :class:`~longrun.errors.EvidenceMissing` when there is no
+    bundle and :class:`EvidenceStoreInvalid` when no store is configured.
+    Upload failures are journaled and returned, as in :func:`finalize_evidence`.
+    """
+    root = Path(root)
+    bundle = load_bundle(root, check_job_id(job_id))
+    if store_ref is None:
+        raise EvidenceStoreInvalid(f"job {job_id} has no evidence store: set evidence.store in its spec or pass --store")
+    verify(bundle.manifest_path, bundle.tar_path).raise_for_mismatch()
+    return _upload(root, bundle, store_ref, journal)
+
+
+def _upload(root: Path, bundle: BundleResult, store_ref: str, journal: Journal) -> EvidenceOutcome:
+    tar_key, manifest_key = remote_keys(bundle.job_id)
+    store_uri = store_ref
+    try:
+        store: EvidenceStore = resolve_store(store_ref, root)
+        store_uri = store.uri_for(tar_key)
+        uploaded = store.put(bundle.tar_path, tar_key, sha256=bundle.sha256)
+        manifest_sha = _sha256(bundle.manifest_path)
+        manifest_uploaded = store.put(bundle.manifest_path, manifest_key, sha256=manifest_sha)
+    except LongrunError as exc:
+        journal.append(
+            "evidence_upload_failed",
+            {"uri": store_uri, "error": str(exc), "retryable": exc.retryable, "sha256": bundle.sha256},
+            job_id=bundle.job_id,
+        )
+        return EvidenceOutcome(bundle, "upload_failed", store_uri=store_uri, error=exc)
+    journal.append(
+        "evidence_uploaded",
+        {"uri": uploaded.uri, "sha256": uploaded.sha256, "size": uploaded.size, "manifest_uri": manifest_uploaded.uri},
+        job_id=bundle.job_id,
+    )
+    return EvidenceOutcome(bundle, "uploaded", store_uri=uploaded.uri, uploaded=uploaded, manifest_uploaded=manifest_uploaded)
+
+
+def _sha256(path: Path) -> str:
+    from longrun.execution.checkpoint import sha256_file
+
+    return sha256_file(path)

@@ -1,0 +1,121 @@
+"""Quality gates: completion is decided from evidence the engine gathers itself.
+
+``command_pass`` / ``build_pass``: the command exits 0.
+``test_pass``: the command writes JUnit XML (to ``$LONGRUN_JUNIT_XML`` or the
+gate's ``junit_xml``); the report has no failures or errors and at least one
+test ran, or, with ``min_pass_rate``, its pass rate reaches it. The exit code
+alone never passes a test gate.
+``file_changed``: a path in the iteration's diff matches the glob.
+``artifact_exists``: the path exists inside the workspace.
+``approval``: never passes by itself (approval events resolve it).
+``scope`` (implicit, see ``longrun.spec.compile.ScopeGate``): nothing changed outside
+``scope_paths``; the evidence names the offending paths.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from longrun import atomicio
+from longrun.errors import LongrunError
+from longrun.execution.checkpoint import GateResult
+from longrun.execution.junit import empty_report, parse_junit
+from longrun.execution.process import run_command
+from longrun.execution.runtime import JobRuntime
+from longrun.execution.stages import argv_values, check_tool, expand_argv
+from longrun.spec.compile import PlannedGate
+from longrun.storage.paths import safe_join
+
+
+@dataclass(frozen=True)
+class GateInput:
+    """What a gate may look at besides the workspace: the iteration's diff."""
+
+    changed_paths: tuple[str, ...] = ()
+    #: Paths changed outside ``scope_paths`` after any stage of the iteration.
+    out_of_scope: tuple[str, ...] = ()
+
+
+def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInput) -> GateResult:
+    started = time.monotonic()
+    gate = pg.gate
+    kind = gate.kind
+    if kind in ("command_pass", "build_pass", "test_pass"):
+        passed, evidence = _command_gate(rt, pg, iteration)
+    elif kind == "file_changed":
+        matched = sorted(p for p in inp.changed_paths if fnmatch.fnmatch(p, gate.pattern))
+        passed, evidence = bool(matched), {"pattern": gate.pattern, "matched": matched}
+    elif kind == "artifact_exists":
+        target = safe_join(rt.workspace, gate.path, what=f"gate {gate.id} path")
+        passed, evidence = target.exists(), {"path": gate.path}
+    elif kind == "scope":
+        passed, evidence = not inp.out_of_scope, {"scope_paths": list(rt.spec.scope_paths), "matched": list(inp.out_of_scope)}
+    elif kind == "approval":
+        passed, evidence = False, {"step": gate.step, "reason": "awaiting an approval event"}
+    else:  # pragma: no cover - the spec's discriminated union forbids it
+        raise LongrunError(f"unknown gate kind {kind!r}", code="gate_unknown")
+    return GateResult(
+        job_id=rt.job_id,
+        iteration=iteration,
+        gate=gate.id,
+        gate_kind=kind,
+        required=pg.required,
+        passed=passed,
+        duration_s=round(time.monotonic() - started, 3),
+        evidence=evidence,
+    )
+
+
+def _command_gate(rt: JobRuntime, pg: PlannedGate, iteration: int) -> tuple[bool, dict]:
+    gate = pg.gate
+    check_tool(rt, gate.run, gate.shell, f"gate {gate.id!r}")
+    it_dir = rt.paths.iteration_dir(iteration)
+    env = rt.base_env(iteration, extra=gate.env)
+    env.update({"LONGRUN_GATE": gate.id, "LONGRUN_STAGE": f"gate:{gate.id}"})
+    extra: dict[str, str] = {}
+    junit: Path | None = None
+    if gate.kind == "test_pass":
+        if gate.junit_xml is not None:
+            junit = safe_join(rt.workspace, gate.junit_xml, what=f"gate {gate.id} junit_xml")
+        else:
+            junit = (it_dir / "junit" / f"{gate.id}.xml").resolve()
+        atomicio.remove(junit)
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        env["LONGRUN_JUNIT_XML"] = str(junit)
+        extra["junit_xml"] = str(junit)
+    argv = expand_argv(gate.run, argv_values(rt, iteration, extra))
+    log = it_dir / "command.log"
+    result = run_command(
+        argv,
+        cwd=rt.workspace,
+        env=env,
+        timeout=gate.timeout or rt.spec.defaults.timeout,
+        log_path=log,
+        shell=gate.shell,
+        header=f"gate {gate.id} #{iteration}",
+    )
+    evidence: dict = {
+        "exit_code": result.exit_code,
+        "timed_out": result.timed_out,
+        "log": str(log),
+        "log_range": [result.log_offset_start, result.log_offset_end],
+    }
+    if gate.kind != "test_pass":
+        return result.ok, evidence
+    try:
+        report = parse_junit(junit)
+    except LongrunError as exc:
+        report = empty_report(f"{exc.code}: {exc.message}", source=str(junit))
+    evidence["report"] = report
+    evidence.update({k: report[k] for k in ("tests", "passed", "failed", "errors", "pass_rate")})
+    ran = report["tests"] - report["skipped"]
+    if gate.min_pass_rate is not None:
+        passed = ran > 0 and report["pass_rate"] >= gate.min_pass_rate
+    else:
+        passed = ran > 0 and report["failed"] == 0 and report["errors"] == 0
+    if "error" in report:
+        passed = False
+    return passed, evidence

@@ -1,0 +1,135 @@
+"""Run one lifecycle stage under the stage contract (SPEC E2, E3).
+
+A stage is an argv run in the job's workspace, under a timeout that kills its
+whole process group, with its output streamed into the iteration's
+``command.log``. Its environment names the job, run, iteration, stage, phase,
+the model routed to that phase, the goal, the checkpoint directory and a
+usage file where it reports ``{"usd", "tokens", "model"}``. Its argv[0] must
+be in ``allowed_tools``; otherwise it is refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from longrun import atomicio
+from longrun.errors import LongrunError, ToolNotAllowed
+from longrun.execution.checkpoint import StageResult, UsageRecord
+from longrun.execution.process import CommandResult, kill_stale_group, read_usage_file, run_command, scan_log
+from longrun.execution.runtime import JobRuntime
+from longrun.spec.compile import PlannedStage
+
+
+def check_tool(rt: JobRuntime, argv: tuple[str, ...] | list[str], shell: bool, where: str) -> None:
+    allowed = set(rt.spec.allowed_tools)
+    if argv[0] in allowed or (shell and "sh" in allowed):
+        return
+    raise ToolNotAllowed(f"{where}: {argv[0]!r} is not in allowed_tools {sorted(allowed)}; nothing was run")
+
+
+def expand_argv(argv: tuple[str, ...] | list[str], values: dict[str, str]) -> list[str]:
+    """Substitute the fixed placeholders (``{junit_xml}`` …); nothing else is expanded."""
+    out = []
+    for arg in argv:
+        for key, value in values.items():
+            arg = arg.replace("{" + key + "}", value)
+        out.append(arg)
+    return out
+
+
+def argv_values(rt: JobRuntime, iteration: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    values = {
+        "job_id": rt.job_id,
+        "iteration": str(iteration),
+        "checkpoint_dir": str(rt.paths.iteration_dir(iteration).resolve()),
+        "workspace": str(rt.workspace),
+    }
+    values.update(extra or {})
+    return values
+
+
+def run_stage(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int) -> tuple[StageResult, CommandResult]:
+    """Run one attempt of ``stage``. Never raises for a failing command."""
+    check_tool(rt, stage.argv, stage.shell, f"stage {stage.id!r}")
+    it_dir = rt.paths.iteration_dir(iteration)
+    usage_file = it_dir / "usage" / f"{stage.id}.json"
+    atomicio.remove(usage_file)
+    usage_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file = it_dir / "running" / f"{stage.id}.pgid"
+    env = rt.base_env(iteration, extra=dict(stage.env))
+    env.update(
+        {
+            "LONGRUN_STAGE": stage.id,
+            "LONGRUN_PHASE": stage.phase or "",
+            "LONGRUN_MODEL": stage.model,
+            "LONGRUN_ATTEMPT": str(attempt),
+            "LONGRUN_USAGE_FILE": str(usage_file.resolve()),
+        }
+    )
+    # A stage orphaned by an engine that was SIGKILLed must not race its rerun.
+    kill_stale_group(
+        pid_file, match_env={"LONGRUN_JOB_ID": rt.job_id, "LONGRUN_STAGE": stage.id, "LONGRUN_ITERATION": str(iteration)}
+    )
+    argv = expand_argv(stage.argv, argv_values(rt, iteration))
+    result = run_command(
+        argv,
+        cwd=rt.workspace,
+        env=env,
+        timeout=stage.timeout,
+        log_path=it_dir / "command.log",
+        shell=stage.shell,
+        header=f"stage {stage.id} #{iteration} attempt {attempt}",
+        pid_file=pid_file,
+    )
+    usage = _usage(rt, stage, usage_file, it_dir / "command.log", result)
+    record = StageResult(
+        job_id=rt.job_id,
+        iteration=iteration,
+        stage=stage.id,
+        phase=stage.phase,
+        model=stage.model,
+        argv=argv,
+        exit_code=result.exit_code,
+        timed_out=result.timed_out,
+        duration_s=round(result.duration_s, 3),
+        attempts=attempt,
+        usage=usage,
+        error=result.error,
+    )
+    return record, result
+
+
+def _usage(rt: JobRuntime, stage: PlannedStage, usage_file: Path, log: Path, result: CommandResult) -> UsageRecord:
+    reported = read_usage_file(usage_file)
+    usd, tokens, model = reported.usd, reported.tokens, reported.model
+    capture = rt.spec.stage(stage.id).usage
+    if capture is not None:
+        if capture.usd_regex and (
+            m := scan_log(log, result.log_offset_start, result.log_offset_end, re.compile(capture.usd_regex))
+        ):
+            usd = _number(m, "usd_regex", stage.id)
+        if capture.tokens_regex and (
+            m := scan_log(log, result.log_offset_start, result.log_offset_end, re.compile(capture.tokens_regex))
+        ):
+            tokens = int(_number(m, "tokens_regex", stage.id))
+    return UsageRecord(usd=usd, tokens=tokens, model=model or stage.model)
+
+
+def _number(text: str, what: str, stage_id: str) -> float:
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise LongrunError(f"stage {stage_id!r}: {what} captured {text!r}, which is not a number", code="usage_invalid") from None
+    if value < 0 or value != value or value == float("inf"):
+        raise LongrunError(
+            f"stage {stage_id!r}: {what} captured {text!r}; usage must be a finite number >= 0", code="usage_invalid"
+        )
+    return value
+
+
+def should_retry(stage: PlannedStage, record: StageResult) -> bool:
+    """Whether this attempt's outcome is one the stage's retry policy retries."""
+    if record.timed_out:
+        return "timeout" in stage.retry.when
+    return record.exit_code != 0 and "nonzero" in stage.retry.when

@@ -1,0 +1,197 @@
+"""The append-only job journal: ``.maestro/jobs/<jobId>/events.jsonl``.
+
+One event per line (see :mod:`longrun.journal.events`), ``seq`` strictly increasing.
+Several processes append (the CLI and the flow), so :meth:`Journal.append`
+holds an exclusive ``flock`` on the file while it
+
+1. repairs a torn tail — a final line with no ``\\n``, left by a crash
+   mid-write — by truncating back to the last ``\\n``;
+2. reads the last complete line, seeking back from the end, to get its seq;
+3. validates the new event and writes it as ONE ``os.write`` + fsync
+   (:func:`longrun.atomicio.append_line`).
+
+Readers take no lock: appends are whole-line writes, and a final line without
+``\\n`` is ignored as not yet (or never) written.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from longrun import atomicio
+from longrun.errors import EventVersionUnsupported, JournalCorrupt
+from longrun.journal.events import Event, Payload, build_event, parse_event
+from longrun.journal.state import RunState, replay
+
+__all__ = ["JOURNAL_NAME", "Journal", "utc_now"]
+
+JOURNAL_NAME = "events.jsonl"
+
+_CHUNK = 64 * 1024
+
+
+def utc_now() -> datetime:
+    """The real clock (tz-aware UTC); tests inject a fake instead."""
+    return datetime.now(UTC)
+
+
+class Journal:
+    """One job's ``events.jsonl``. Cheap to construct; opens the file per call."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r})"
+
+    # -- writing -----------------------------------------------------------------
+
+    def append(
+        self,
+        type: str,
+        payload: Mapping[str, Any] | Payload,
+        *,
+        job_id: str,
+        ts: datetime | None = None,
+    ) -> Event:
+        """Append one event with the next seq and return it.
+
+        Raises ``ValueError``/``TypeError`` for an invalid event (nothing is
+        written), :class:`JournalCorrupt` when the last complete line cannot be
+        read, and :class:`EventVersionUnsupported` when it is from a newer
+        longrun (an old writer never appends to a newer journal).
+        """
+        fd = atomicio.open_for_update(self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            end = _last_newline(fd, size) + 1
+            if end != size:
+                atomicio.truncate(fd, end)  # torn tail from a crash: drop it
+            last = self._last_event(fd, end)
+            if last is not None and last.job_id != job_id:
+                raise ValueError(f"{self.path} belongs to job {last.job_id}, not {job_id}")
+            event = build_event(
+                type,
+                payload,
+                seq=(last.seq if last else 0) + 1,
+                job_id=job_id,
+                ts=ts if ts is not None else self._clock(),
+            )
+            atomicio.append_line(fd, event.to_line())
+            return event
+        finally:
+            os.close(fd)  # also releases the flock
+
+    def _last_event(self, fd: int, end: int) -> Event | None:
+        """The event on the last complete line of a file whose lines end at ``end``."""
+        if end == 0:
+            return None
+        start = _last_newline(fd, end - 1) + 1
+        line = os.pread(fd, end - 1 - start, start)
+        return _parse_line(line, f"{self.path}: last line")
+
+    # -- reading -----------------------------------------------------------------
+
+    def read(self) -> list[Event]:
+        """Every event on a complete line; a torn final line is ignored.
+
+        Raises :class:`JournalCorrupt` (naming the line) for a malformed line
+        or a seq that does not increase.
+        """
+        return list(self.iter_from(1))
+
+    def iter_from(self, seq: int) -> Iterator[Event]:
+        """Events with ``event.seq >= seq``, in order (the whole file is validated)."""
+        events, _, _, _ = self._scan(0, 0, 0)
+        return (e for e in events if e.seq >= seq)
+
+    def follow(
+        self,
+        after_seq: int = 0,
+        poll: float = 0.2,
+        stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Event]:
+        """Yield events with ``seq > after_seq`` as they are appended.
+
+        Polls every ``poll`` seconds (with the injected ``sleep``); after each
+        poll's events are yielded, ends once ``stop()`` returns True. Without
+        ``stop`` it follows forever. A missing journal is waited for.
+        """
+        offset, lineno, last_seq = 0, 0, 0
+        while True:
+            events, offset, lineno, last_seq = self._scan(offset, lineno, last_seq)
+            for event in events:
+                if event.seq > after_seq:
+                    yield event
+            if stop is not None and stop():
+                return
+            self._sleep(poll)
+
+    def state(self) -> RunState:
+        """``replay(self.read())``."""
+        return replay(self.read())
+
+    def _scan(self, offset: int, lineno: int, last_seq: int) -> tuple[list[Event], int, int, int]:
+        """Parse the complete lines after byte ``offset``.
+
+        Returns ``(events, new_offset, new_lineno, new_last_seq)``; the new
+        offset stops after the last ``\\n`` so a torn line is read again later.
+        """
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return [], offset, lineno, last_seq
+        complete = data[: data.rfind(b"\n") + 1]
+        events: list[Event] = []
+        for line in complete.splitlines():
+            lineno += 1
+            event = _parse_line(line, f"{self.path}:{lineno}")
+            if event.seq <= last_seq:
+                raise JournalCorrupt(f"{self.path}:{lineno}: seq {event.seq} does not increase (previous seq {last_seq})")
+            last_seq = event.seq
+            events.append(event)
+        return events, offset + len(complete), lineno, last_seq
+
+
+def _parse_line(line: bytes, where: str) -> Event:
+    """One journal line → Event; errors name ``where`` (path and line)."""
+    try:
+        raw = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise JournalCorrupt(f"{where}: not valid JSON ({exc})") from exc
+    try:
+        return parse_event(raw)
+    except JournalCorrupt as exc:
+        raise JournalCorrupt(f"{where}: {exc.message}") from exc
+    except EventVersionUnsupported as exc:
+        raise EventVersionUnsupported(f"{where}: {exc.message}") from exc
+
+
+def _last_newline(fd: int, before: int) -> int:
+    """Offset of the last ``\\n`` in ``fd[:before]``, or -1; reads backwards in chunks."""
+    pos = before
+    while pos > 0:
+        start = max(0, pos - _CHUNK)
+        idx = os.pread(fd, pos - start, start).rfind(b"\n")
+        if idx != -1:
+            return start + idx
+        pos = start
+    return -1

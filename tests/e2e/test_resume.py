@@ -1,0 +1,133 @@
+"""SIGKILL mid-run, then resume: real process, real Prefect server, real git workspace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import longrun_cli, sigkill_engine_once, write_job
+
+from longrun.journal.local import Journal
+from longrun.spec import load_spec
+from longrun.storage.paths import JobPaths
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+
+# Every stage appends "<stage> <iteration>" to counter.txt (outside the
+# workspace, so it is not part of the patch) and reports 0.01 USD / 10 tokens.
+STAGE = """
+import json, os, sys, time
+name, it = os.environ["LONGRUN_STAGE"], os.environ["LONGRUN_ITERATION"]
+with open(os.environ["COUNTER"], "a") as f:
+    f.write(f"{name} {it} pid={os.getpid()}\\n")
+with open(os.environ["LONGRUN_USAGE_FILE"], "w") as f:
+    json.dump({"usd": 0.01, "tokens": 10}, f)
+open(f"{name}-{it}.txt", "w").write("done\\n")
+if name == "slow" and it == "1" and not os.path.exists(os.environ["SLEPT"]):
+    open(os.environ["SLEPT"], "w").close()
+    time.sleep(120)   # the engine is SIGKILLed while we sleep
+"""
+
+
+def test_sigkill_mid_stage_then_resume(cli_env, tmp_path):
+    counter, slept = tmp_path / "counter.txt", tmp_path / "slept"
+    spec = write_job(
+        tmp_path,
+        f"""
+name: killme
+goal: survive a SIGKILL
+workspace: {{path: ws, template: template}}
+allowed_tools: [python]
+model_policy: {{default: m}}
+stages:
+  - {{id: first, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}"}}}}
+  - {{id: slow, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}"}}, timeout: 300}}
+  - {{id: last, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}"}}}}
+quality_gates:
+  required:
+    - id: second-iteration
+      kind: command_pass
+      run: [python, -c, "import os, sys; sys.exit(0 if int(os.environ['LONGRUN_ITERATION']) >= 2 else 1)"]
+stop_conditions: {{max_iterations: 5}}
+""",
+        {"stage.py": STAGE},
+    )
+    job_id = load_spec(spec).job_id
+    paths = JobPaths(tmp_path, job_id)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longrun.cli.main", "run", str(spec), "--root", str(tmp_path)],
+        cwd=tmp_path,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sigkill_engine_once(proc, slept, "stage 'slow'")
+    assert proc.returncode == -signal.SIGKILL
+
+    # The orphaned stage is still sleeping; the journal shows the open iteration.
+    orphan_line = [l for l in counter.read_text().splitlines() if l.startswith("slow 1")][0]
+    orphan_pid = int(orphan_line.split("pid=")[1])
+    os.kill(orphan_pid, 0)  # alive
+    state = Journal(paths.events_file).state()
+    assert state.status == "RUNNING" and state.open_iteration == 1
+    assert state.stage_done(1, "first") and not state.stage_done(1, "slow")
+    events_before = Journal(paths.events_file).read()
+
+    done = longrun_cli("resume", job_id, "--root", str(tmp_path), "--json", cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["status"] == "COMPLETED" and outcome["iterations"] == 2
+
+    # The orphan was killed before 'slow' ran again.
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(orphan_pid, 0)
+            time.sleep(0.1)
+
+    # Completed stages were not executed again: each (stage, iteration) ran
+    # once, except 'slow 1', whose first attempt was killed.
+    runs = [l.split(" pid=")[0] for l in counter.read_text().splitlines()]
+    assert runs == ["first 1", "slow 1", "slow 1", "last 1", "first 2", "slow 2", "last 2"]
+
+    evs = Journal(paths.events_file).read()
+    # Nothing lost: the old events are a prefix of the new journal.
+    assert [e.to_line() for e in evs[: len(events_before)]] == [e.to_line() for e in events_before]
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    # Nothing duplicated: one stage_finished per (iteration, stage).
+    finished = [(e.payload.iteration, e.payload.stage) for e in evs if e.type == "stage_finished"]
+    assert sorted(finished) == sorted({(i, s) for i in (1, 2) for s in ("first", "slow", "last")})
+    assert len(finished) == 6
+    started_slow1 = [
+        e.payload.attempt for e in evs if e.type == "stage_started" and (e.payload.iteration, e.payload.stage) == (1, "slow")
+    ]
+    assert started_slow1 == [1, 2]
+    assert [e.type for e in evs].count("iteration_started") == 2
+    assert [e.payload.resumed for e in evs if e.type == "run_started"] == [False, True]
+
+    # Counters continue across the crash: 6 stage executions recorded, 0.01 each.
+    state = Journal(paths.events_file).state()
+    assert state.status == "COMPLETED" and state.iterations_finished == 2
+    assert state.usd_total == pytest.approx(0.06) and state.tokens_total == 60
+    assert len(state.runs) == 2
+
+    # Prefect served 'first#1' from its persisted result in the second flow run.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        tr = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[outcome["run_id"]])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=100,
+        )
+    states = {t.name: t.state.name for t in tr}
+    assert states["first#1"] == "Cached"
+    assert states["slow#1"] == "Completed" and states["last#2"] == "Completed"
