@@ -25,7 +25,8 @@ CLI prints them as the first word of an error and under ``error.code`` in
 Raised as plain ``LongrunError(code=...)`` where no handler needs a subclass:
 ``usage_invalid``, ``junit_missing``, ``junit_invalid``, ``git_failed``,
 ``workspace_exists``, ``workspace_missing``, ``template_not_found``,
-``run_crashed``.
+``run_crashed``, ``checkpoint_missing`` (the journal names a record the
+checkpoint store does not hold).
 
 Governance codes (also plain ``LongrunError(code=...)``): ``waiver_invalid``,
 ``waiver_expired`` (longrun.governance.waiver); ``workspace_dirty``,
@@ -196,6 +197,7 @@ EXIT_CODES: dict[str, int | None] = {
     "prefect_api_error": _FAIL,
     "record_invalid": _FAIL,
     "record_version_unsupported": _FAIL,
+    "checkpoint_missing": _FAIL,
     "gate_unknown": _FAIL,
     "strict_contract_failed": _FAIL,
     "evidence_mismatch": _FAIL,

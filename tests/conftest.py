@@ -218,7 +218,7 @@ def wait_paused(journal, step: str, proc: subprocess.Popen, deadline_s: float = 
         reqs = [e for e in events if e.type == "approval_requested" and e.payload.step == step]
         if not reqs:
             return None
-        extra = reqs[-1].payload.model_extra
+        extra = reqs[-1].payload.model_dump()
         resp = api("GET", f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}")
         resp.raise_for_status()
         return reqs[-1] if resp.json()["state"]["type"] == "PAUSED" else None

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from longrun.errors import LongrunError, PathEscape
+from longrun.errors import EvidenceStoreInvalid, LongrunError, PathEscape
+from longrun.execution.runtime import JobRuntime
 from longrun.governance.scope import check_spec_paths
 from longrun.spec.loader import LoadedSpec
-from longrun.storage import check_store_ref
+from longrun.storage import check_store_ref, resolve_store
 from longrun.storage.paths import JobPaths, safe_join
 from longrun.workspace import gitutil, worktree
+from longrun.workspace.gitutil import GitTrees
 
 
 def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> None:
@@ -67,3 +69,34 @@ def _workspace_and_template(loaded: LoadedSpec, root: Path, template_base: Path 
             code="workspace_missing",
         )
     return workspace, safe_join(template_base, ws_cfg.template, what="workspace.template")
+
+
+class GitWorkspace(GitTrees):
+    """The workspace port on a local git repository."""
+
+    def prepare(self, rt: JobRuntime, template_base: Path | None) -> None:
+        preflight(rt.loaded, rt.root, template_base)
+        check_evidence_store(rt)
+        ensure_workspace(rt.loaded, rt.root, template_base)
+        # Again: a workspace created from a template may bring symlinks.
+        problems = check_spec_paths(rt.spec, rt.root)
+        if problems:
+            raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+
+    def isolate(self, rt: JobRuntime) -> Path:
+        return worktree.ensure_worktree(rt.repo, rt.job_id, rt.worktree_dir)
+
+
+def check_evidence_store(rt: JobRuntime) -> None:
+    """A store block that does not exist is bad input: refuse before any work, not after it.
+
+    An error reaching it is not: the upload at the end retries, and journals it if it fails.
+    """
+    if rt.spec.evidence.store is None:
+        return
+    try:
+        resolve_store(rt.spec.evidence.store, rt.root)
+    except EvidenceStoreInvalid:
+        raise
+    except LongrunError:
+        pass

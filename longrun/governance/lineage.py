@@ -19,12 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longrun.errors import LongrunError, Problem, SpecError
-from longrun.journal.registry import list_jobs
+from longrun.journal.local import Journal
+from longrun.journal.registry import JobRecord, list_jobs
+from longrun.journal.state import RunState, apply
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, load_spec, validate_spec_data
 from longrun.spec.models import Lineage
-from longrun.storage.paths import check_job_id, safe_join
+from longrun.storage.paths import JOB_ID_RE, JobPaths, check_job_id, jobs_dir, safe_join
 
-__all__ = ["DEFAULT_MAX_GENERATION", "SPEC_SUFFIXES", "ChildSpec", "collect_children", "lineage_of", "spend_for_root"]
+__all__ = [
+    "DEFAULT_MAX_GENERATION",
+    "SPEC_SUFFIXES",
+    "ChildSpec",
+    "LineageSpend",
+    "collect_children",
+    "lineage_of",
+    "spend_for_root",
+]
 
 DEFAULT_MAX_GENERATION = 3
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -131,3 +141,41 @@ def spend_for_root(root_dir: Path, root_job_id: str, *, include_root: bool = Tru
         usd += state.usd_total
         tokens += state.tokens_total
     return round(usd, 9), tokens
+
+
+class LineageSpend:
+    """The spend of a root job's descendants, kept up to date incrementally.
+
+    :func:`spend_for_root` replays every journal; a running root checks its
+    budget before every stage, so this keeps one folded state per descendant
+    and reads only what each journal gained since the last check (and looks
+    at a newly registered job's spec once).
+    """
+
+    def __init__(self, root_dir: Path, root_job_id: str) -> None:
+        self.root_dir = Path(root_dir)
+        self.root_job_id = check_job_id(root_job_id)
+        self._seen: set[str] = {root_job_id}
+        self._journals: dict[str, Journal] = {}
+        self._states: dict[str, RunState] = {}
+
+    def __call__(self) -> tuple[float, int]:
+        base = jobs_dir(self.root_dir)
+        if base.is_dir():
+            for d in base.iterdir():
+                if d.name in self._seen or not JOB_ID_RE.match(d.name) or not (d / "spec.json").exists():
+                    continue
+                self._seen.add(d.name)
+                lin = JobRecord(d.name, d.name, JobPaths(self.root_dir, d.name)).load().spec.lineage
+                if lin is not None and lin.root_job_id == self.root_job_id:
+                    self._journals[d.name] = Journal(JobPaths(self.root_dir, d.name).events_file)
+                    self._states[d.name] = RunState()
+        usd, tokens = 0.0, 0
+        for job_id, journal in self._journals.items():
+            state = self._states[job_id]
+            for event in journal.tail():
+                state = apply(state, event)
+            self._states[job_id] = state
+            usd += state.usd_total
+            tokens += state.tokens_total
+        return round(usd, 9), tokens

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     AwareDatetime,
@@ -61,6 +61,9 @@ class Payload(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
+    #: Optional fields added to a type after it was first written: not written while None.
+    omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
 
 class Usage(Payload):
     usd: float = Field(0.0, ge=0)
@@ -80,6 +83,10 @@ class RunStarted(Payload):
     run_id: str
     flow_run_id: str | None = None
     resumed: bool = False
+    pid: int | None = Field(None, description="The engine's process id (the duplicate-run guard checks it is alive).")
+    host: str | None = Field(None, description="The engine's host name.")
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"pid", "host"})
 
 
 class IterationStarted(Payload):
@@ -105,6 +112,10 @@ class StageFinished(Payload):
     model: str
     attempts: int = Field(1, ge=0, description="0 when the stage was skipped (a dependency failed)")
     usage: Usage = Field(default_factory=Usage)
+    error: str | None = Field(None, description="Why the command did not run or was killed, if it did not exit by itself.")
+    out_of_scope: list[str] | None = Field(None, description="Paths changed outside scope_paths, seen right after this stage.")
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"error", "out_of_scope"})
 
 
 class GateEvaluated(Payload):
@@ -255,6 +266,14 @@ class _ApprovalPayload(Payload):
 class ApprovalRequested(_ApprovalPayload):
     """The run waits at approval ``step`` (status ``WAITING_APPROVAL``)."""
 
+    key: str | None = Field(None, description="The pause key (unique per step, iteration and request).")
+    flow_run_id: str | None = Field(None, description="The flow run that waits.")
+    api_url: str | None = Field(None, description="The Prefect API that flow run talks to.")
+    timeout_s: float | None = None
+    mode: Literal["pause", "suspend"] | None = None
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"key", "flow_run_id", "api_url", "timeout_s", "mode"})
+
 
 class _Decision(_ApprovalPayload):
     approver: str = Field(min_length=1)
@@ -294,8 +313,18 @@ class Event(BaseModel):
         return format_ts(v)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict of this event (what a journal line holds)."""
-        return self.model_dump(mode="json")
+        """The JSON-ready dict of this event (what a journal line holds).
+
+        Optional fields added after a type was first written
+        (``Payload.omit_if_none``) are left out while they are None, so a line
+        from a writer that did not know them reads back byte for byte.
+        """
+        out = self.model_dump(mode="json")
+        payload = out["payload"]
+        for name in type(self.payload).omit_if_none:
+            if payload.get(name, 0) is None:
+                del payload[name]
+        return out
 
     def to_line(self) -> bytes:
         """One compact JSON line, UTF-8, ending in ``\\n``."""
@@ -579,6 +608,10 @@ def build_event(
         if not isinstance(payload, expected):
             raise TypeError(f"{type} takes a {expected.__name__} payload, not {payload.__class__.__name__}")
         payload = payload.model_dump(mode="json")
+    declared = PAYLOAD_TYPES[type].model_fields
+    unknown = sorted(set(payload) - set(declared))
+    if unknown:
+        raise ValueError(f"{type}: undeclared payload field(s) {', '.join(unknown)}; declare them in its payload model")
     return cls.model_validate(
         {"seq": seq, "type": type, "version": EVENT_VERSION, "ts": ts, "job_id": job_id, "payload": dict(payload)}
     )

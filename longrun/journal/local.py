@@ -55,6 +55,8 @@ class Journal:
         self.path = Path(path)
         self._clock = clock
         self._sleep = sleep
+        #: (byte offset, line number, last seq) after the last complete line read.
+        self._cursor = (0, 0, 0)
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
@@ -114,7 +116,19 @@ class Journal:
         Raises :class:`JournalCorrupt` (naming the line) for a malformed line
         or a seq that does not increase.
         """
-        return list(self.iter_from(1))
+        events, *cursor = self._scan(0, 0, 0)
+        self._cursor = (cursor[0], cursor[1], cursor[2])
+        return events
+
+    def tail(self) -> list[Event]:
+        """Events appended since the last :meth:`read` or :meth:`tail` of this object.
+
+        Reads only the bytes after the last complete line seen, so following
+        a journal costs what it gained, not its length.
+        """
+        events, *cursor = self._scan(*self._cursor)
+        self._cursor = (cursor[0], cursor[1], cursor[2])
+        return events
 
     def iter_from(self, seq: int) -> Iterator[Event]:
         """Events with ``event.seq >= seq``, in order (the whole file is validated)."""

@@ -8,11 +8,14 @@ same spec again is a no-op.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from longrun import atomicio
 from longrun.errors import JobNotFound
+from longrun.journal.events import RunStarted
 from longrun.journal.local import Journal
 from longrun.journal.state import RunState
 from longrun.spec.loader import LoadedSpec, load_canonical
@@ -78,7 +81,7 @@ def find_job(root: Path, ref: str) -> JobRecord:
     if JOB_ID_RE.match(ref):
         paths = JobPaths(root, ref)
         if paths.spec_file.exists():
-            return _record(paths)
+            return record_at(paths)
         raise JobNotFound(f"no job {ref!r} under {root}")
     if not ref or len(ref) > 64 or not all(c.isalnum() or c in "-_" for c in ref):
         raise JobNotFound(f"{ref!r} is neither a job id nor a job name")
@@ -94,29 +97,24 @@ def find_job(root: Path, ref: str) -> JobRecord:
     return (by_name or matches)[0]
 
 
-def last_run_started(journal: Journal):
-    """The journal's last ``run_started`` event, or None."""
-    return next((e for e in reversed(journal.read()) if e.type == "run_started"), None)
+def last_run_started(journal: Journal) -> RunStarted | None:
+    """The payload of the journal's last ``run_started``, or None."""
+    return journal.state().last_run
 
 
-def live_local_pid(started) -> int | None:
-    """The pid a ``run_started`` event names, if that process is alive on this host.
+def live_local_pid(started: RunStarted | None) -> int | None:
+    """The pid a ``run_started`` payload names, if that process is alive on this host.
 
     A SIGKILLed engine leaves a RUNNING journal behind, so only a live pid
     counts. None for a run on another host (ask Prefect), or one whose pid is gone.
     """
-    import os
-    import socket
-
-    extra = (started.payload.model_extra or {}) if started is not None else {}
-    pid, host = extra.get("pid"), extra.get("host")
-    if pid is None or host != socket.gethostname():
+    if started is None or started.pid is None or started.host != socket.gethostname():
         return None
     try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, PermissionError, ValueError):
+        os.kill(started.pid, 0)
+    except (ProcessLookupError, PermissionError):
         return None
-    return int(pid)
+    return started.pid
 
 
 def list_jobs(root: Path) -> list[JobRecord]:
@@ -126,11 +124,11 @@ def list_jobs(root: Path) -> list[JobRecord]:
     out = []
     for d in sorted(base.iterdir()):
         if d.is_dir() and JOB_ID_RE.match(d.name) and (d / "spec.json").exists():
-            out.append(_record(JobPaths(root, d.name)))
+            out.append(record_at(JobPaths(root, d.name)))
     return out
 
 
-def _record(paths: JobPaths) -> JobRecord:
+def record_at(paths: JobPaths) -> JobRecord:
     state = Journal(paths.events_file).state() if paths.events_file.exists() else None
     name = state.name if state and state.name else paths.job_id
     return JobRecord(paths.job_id, name, paths)

@@ -39,14 +39,14 @@ run ends there, and add the event's handler to :class:`_Fold`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from longrun.errors import JournalCorrupt
-from longrun.journal.events import Event, format_ts
+from longrun.journal.events import EVENT_TYPES, ApprovalRequested, Event, RunStarted, format_ts
 
 __all__ = ["TERMINAL", "FrozenDict", "RunState", "Status", "UsageEntry", "apply", "replay"]
 
@@ -167,6 +167,22 @@ class RunState:
     patches_applied: Mapping[str, Any] | None = None
     #: Checkpoint iterations removed by ``longrun prune`` (their files live on in the evidence bundle).
     pruned_iterations: tuple[int, ...] = ()
+    #: The payload of the last ``run_started`` (names the live run's flow run, pid and host).
+    last_run: RunStarted | None = None
+    #: iteration → the tree it started from (``iteration_started.start_tree``).
+    start_trees: Mapping[int, str | None] = _EMPTY
+    #: (step, iteration) → number of ``approval_requested`` so far (pause keys are unique per request).
+    approval_requests: Mapping[tuple[str, int | None], int] = _EMPTY
+    #: The payload of the last ``approval_requested``.
+    last_approval_request: ApprovalRequested | None = None
+    #: Seq of the event that last ended a run (completed, stopped, failed, rejected, waiting).
+    terminal_seq: int = 0
+
+    @property
+    def evidence_behind(self) -> bool:
+        """True when the run ended after the last evidence bundle was built (or none was)."""
+        built = (self.evidence or {}).get("built")
+        return self.terminal_seq > 0 and (built is None or (built.get("built_from_seq") or 0) < self.terminal_seq)
 
     @property
     def is_terminal(self) -> bool:
@@ -191,22 +207,37 @@ class _Fold:
 
     def __init__(self, state: RunState) -> None:
         self.v: dict[str, Any] = {f: getattr(state, f) for f in RunState.__dataclass_fields__}
-        # Thaw the nested mappings that handlers edit; payload leaves stay frozen.
-        for name in ("stage_results", "gate_results"):
-            self.v[name] = {k: dict(inner) for k, inner in self.v[name].items()}
-        for name in ("stage_attempts", "checkpoints"):
-            self.v[name] = dict(self.v[name])
-        for name in ("usage_log", "fingerprints", "runs", "flow_run_ids"):
+        # Copy-on-write: a container is thawed (copied) the first time a
+        # handler changes it, once per fold, so applying one event costs what
+        # that event touches, not the size of the state.
+        self._thawed: set[str] = set()
+        self._thawed_inner: set[tuple[str, Any]] = set()
+
+    def _list(self, name: str) -> list[Any]:
+        if name not in self._thawed:
             self.v[name] = list(self.v[name])
+            self._thawed.add(name)
+        return self.v[name]  # type: ignore[no-any-return]
+
+    def _map(self, name: str) -> dict[Any, Any]:
+        if name not in self._thawed:
+            self.v[name] = dict(self.v[name])
+            self._thawed.add(name)
+        return self.v[name]  # type: ignore[no-any-return]
+
+    def _inner(self, name: str, key: Any) -> dict[Any, Any]:
+        outer = self._map(name)
+        if (name, key) not in self._thawed_inner:
+            outer[key] = dict(outer.get(key, _EMPTY))
+            self._thawed_inner.add((name, key))
+        return outer[key]  # type: ignore[no-any-return]
 
     def freeze(self) -> RunState:
         v = dict(self.v)
-        for name in ("stage_results", "gate_results"):
-            v[name] = FrozenDict({k: FrozenDict(inner) for k, inner in v[name].items()})
-        for name in ("stage_attempts", "checkpoints"):
-            v[name] = FrozenDict(v[name])
-        for name in ("usage_log", "fingerprints", "runs", "flow_run_ids"):
-            v[name] = tuple(v[name])
+        for name, key in self._thawed_inner:
+            v[name][key] = FrozenDict(v[name][key])
+        for name in self._thawed:
+            v[name] = tuple(v[name]) if isinstance(v[name], list) else FrozenDict(v[name])
         return RunState(**v)
 
     def feed(self, event: Event) -> _Fold:
@@ -217,9 +248,8 @@ class _Fold:
             v["job_id"] = event.job_id
         elif event.job_id != v["job_id"]:
             raise JournalCorrupt(f"event seq {event.seq} is for job {event.job_id}, not {v['job_id']}")
-        handler = getattr(self, f"_on_{event.type}", None)
-        if handler is not None:  # a type with no state effect needs no handler
-            handler(event.payload, event.ts)
+        self._seq = event.seq
+        _HANDLERS[event.type](self, event.payload, event.ts)
         self._extend_segment(event.ts)
         v.update(last_seq=event.seq, last_event_type=event.type, last_event_ts=event.ts)
         return self
@@ -240,7 +270,7 @@ class _Fold:
         self.v.update(closed_seconds=self.v["active_seconds"], segment_start=None, segment_end=None)
 
     def _finish(self, status: Status, reason: str | None, ts: datetime) -> None:
-        self.v.update(status=status, stop_reason=reason)
+        self.v.update(status=status, stop_reason=reason, terminal_seq=self._seq)
         self._close_segment(ts)
 
     # -- handlers, one per event type ---------------------------------------------
@@ -253,34 +283,36 @@ class _Fold:
         if v["segment_start"] is not None:  # previous run ended without a terminal event
             self._close_segment(v["segment_end"])
         v.update(status=Status.RUNNING, stop_reason=None, stop_requested=False)
-        v.update(segment_start=ts, segment_end=ts)
-        v["runs"].append(p.run_id)
+        v.update(segment_start=ts, segment_end=ts, last_run=p)
+        self._list("runs").append(p.run_id)
         if p.flow_run_id is not None:
-            v["flow_run_ids"].append(p.flow_run_id)
+            self._list("flow_run_ids").append(p.flow_run_id)
 
     def _on_iteration_started(self, p: Any, ts: datetime) -> None:
         self.v.update(iteration=max(self.v["iteration"], p.iteration), open_iteration=p.iteration)
+        self._map("start_trees")[p.iteration] = p.start_tree
 
     def _on_stage_started(self, p: Any, ts: datetime) -> None:
         key = (p.iteration, p.stage)
-        self.v["stage_attempts"][key] = self.v["stage_attempts"].get(key, 0) + 1
+        attempts = self._map("stage_attempts")
+        attempts[key] = attempts.get(key, 0) + 1
 
     def _on_stage_finished(self, p: Any, ts: datetime) -> None:
         v = self.v
-        v["stage_results"].setdefault(p.iteration, {})[p.stage] = _freeze(p.model_dump(mode="json"))
+        self._inner("stage_results", p.iteration)[p.stage] = _freeze(p.model_dump(mode="json"))
         v["usd_total"] += p.usage.usd
         v["tokens_total"] += p.usage.tokens
-        v["usage_log"].append(UsageEntry(ts=ts, usd=p.usage.usd, tokens=p.usage.tokens))
+        self._list("usage_log").append(UsageEntry(ts=ts, usd=p.usage.usd, tokens=p.usage.tokens))
 
     def _on_gate_evaluated(self, p: Any, ts: datetime) -> None:
-        self.v["gate_results"].setdefault(p.iteration, {})[p.gate] = _freeze(p.model_dump(mode="json"))
+        self._inner("gate_results", p.iteration)[p.gate] = _freeze(p.model_dump(mode="json"))
 
     def _on_checkpoint_written(self, p: Any, ts: datetime) -> None:
-        self.v["checkpoints"][p.iteration] = _freeze(p.files)
+        self._map("checkpoints")[p.iteration] = _freeze(p.files)
 
     def _on_iteration_finished(self, p: Any, ts: datetime) -> None:
         v = self.v
-        fps = v["fingerprints"]
+        fps = self._list("fingerprints")
         v["no_progress_streak"] = v["no_progress_streak"] + 1 if fps and fps[-1] == p.fingerprint else 0
         fps.append(p.fingerprint)
         v["iterations_finished"] += 1
@@ -303,6 +335,9 @@ class _Fold:
     # These mappings are rebuilt copy-on-write (few events), so _Fold's
     # thaw/freeze lists need no entry for them.
 
+    def _on_budget_wait(self, p: Any, ts: datetime) -> None:
+        """The run sleeps for the hourly window; its status stays RUNNING (time waiting is run time)."""
+
     def _on_stopped_budget(self, p: Any, ts: datetime) -> None:
         self._finish(Status.STOPPED_BUDGET, p.reason, ts)
 
@@ -314,6 +349,9 @@ class _Fold:
         self._wait_for(p.step, ts)
 
     def _on_approval_requested(self, p: Any, ts: datetime) -> None:
+        requests = self._map("approval_requests")
+        requests[(p.step, p.iteration)] = requests.get((p.step, p.iteration), 0) + 1
+        self.v["last_approval_request"] = p
         self._wait_for(p.step, ts)
 
     def _decide(self, p: Any, decision: str, ts: datetime) -> None:
@@ -372,6 +410,17 @@ class _Fold:
 
     def _on_evidence_upload_failed(self, p: Any, ts: datetime) -> None:
         self._evidence("upload_failed", p, ts)
+
+
+def _handlers() -> dict[str, Callable[[_Fold, Any, datetime], None]]:
+    """Every event type's transition rule; a type without one fails at import, not at replay."""
+    missing = [t for t in EVENT_TYPES if not hasattr(_Fold, f"_on_{t}")]
+    if missing:
+        raise TypeError(f"RunState fold has no handler for event type(s): {', '.join(missing)}")
+    return {t: getattr(_Fold, f"_on_{t}") for t in EVENT_TYPES}
+
+
+_HANDLERS = _handlers()
 
 
 def _stamped(p: Any, ts: datetime) -> dict[str, Any]:

@@ -134,3 +134,16 @@ def changed_paths(workspace: Path, a: str, b: str) -> list[str]:
     """Sorted paths that differ between ``a`` and ``b`` (exact names, no quoting)."""
     out = _git(Path(workspace), "diff", "--name-only", "--no-renames", "-z", a, b).stdout
     return sorted(p for p in out.split("\0") if p)
+
+
+class GitTrees:
+    """The workspace port on git: tree snapshots (``git write-tree`` of a scratch index) and their diffs."""
+
+    def snapshot(self, path: Path) -> str | None:
+        return snapshot_tree(path)
+
+    def diff(self, path: Path, a: str, b: str) -> str:
+        return diff_trees(path, a, b)
+
+    def changed(self, path: Path, a: str, b: str) -> list[str]:
+        return changed_paths(path, a, b)

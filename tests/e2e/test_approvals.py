@@ -66,7 +66,7 @@ def test_approve_by_cli_both_checkpoints(background, cli_env, tmp_path):
     )
     assert a.returncode == 0 and "resumed paused flow run" in a.stdout, a.stderr
     req = wait_paused(journal, "release", proc)
-    assert req.payload.model_extra["key"] == "release-1-1"
+    assert req.payload.key == "release-1-1"
     b = longrun_cli(
         "approve", job_id, "--step", "release", "--approver", "bob", "--root", str(tmp_path), cwd=tmp_path, env=cli_env
     )
@@ -79,7 +79,7 @@ def test_approve_by_cli_both_checkpoints(background, cli_env, tmp_path):
     # Pausing and resuming consumed no stage attempt.
     assert [e.payload.attempt for e in journal.read() if e.type == "stage_started"] == [1]
     # Each pause had its own key, so neither was skipped by Prefect's pause-key reuse rule.
-    keys = [e.payload.model_extra["key"] for e in journal.read() if e.type == "approval_requested"]
+    keys = [e.payload.key for e in journal.read() if e.type == "approval_requested"]
     assert keys == ["before-work-1-1", "release-1-1"]
 
 
@@ -90,7 +90,7 @@ def test_approve_by_rest_api(background, cli_env, tmp_path):
         req = wait_paused(journal, step, proc)
         # A follower started while the run waits for a human keeps following: the run is paused, not over.
         tail = tail or background(tmp_path, cli_env, "tail", job_id, "--follow", "-n", "0")
-        extra = req.payload.model_extra
+        extra = req.payload.model_dump()
         body = {"run_input": {"decision": "approve", "approver": approver, "comment": "via REST"}}
         r = api("POST", f"{extra['api_url']}/flow_runs/{extra['flow_run_id']}/resume", body)
         assert r.status_code in (200, 201) and r.json()["status"] == "ACCEPT", r.text

@@ -246,14 +246,14 @@ def test_approve_in_the_prefect_ui_and_see_the_completed_run(ui_server, page, ba
     step = "start"
     try:
         step = "before-work (V1 UI)"
-        req = wait_paused(journal, "before-work", proc, deadline_s=60).payload.model_extra
+        req = wait_paused(journal, "before-work", proc, deadline_s=60).payload.model_dump()
         assert req["api_url"] == api
         flow_run_id = req["flow_run_id"]
         assert not (tmp_path / "ws" / "ran.txt").exists()  # nothing ran before the approval
         approve_in_v1(page, base, flow_run_id, job_id, "ui-alice", "looks good in v1")
 
         step = "release (V2 UI)"
-        req = wait_paused(journal, "release", proc, deadline_s=60).payload.model_extra
+        req = wait_paused(journal, "release", proc, deadline_s=60).payload.model_dump()
         assert req["flow_run_id"] == flow_run_id  # one flow run, paused twice
         approve_in_v2(page, base, flow_run_id, job_id, "ui-bob", "ship it from v2")
 

@@ -766,7 +766,7 @@ stop_conditions: {{max_iterations: 5}}
     assert scope.evidence["scope_paths"] == ["src"]
     assert scope.evidence["matched"] == ["README.md", "notes.txt"]
     finished = {e.payload.stage: e.payload for e in events(tmp_path, job_id, "stage_finished")}
-    assert finished["edit"].model_extra["out_of_scope"] == ["README.md", "notes.txt"]
+    assert finished["edit"].out_of_scope == ["README.md", "notes.txt"]
     assert "gate 'scope'" in events(tmp_path, job_id, "run_failed")[0].payload.message
 
 
@@ -807,7 +807,7 @@ quality_gates: {{required: [{ALWAYS}]}}
     assert set(gates) == {"ok", "scope"}
     assert gates["scope"].passed is True and gates["scope"].evidence == {"scope_paths": ["src", "tests"], "matched": []}
     finished = events(tmp_path, out["job_id"], "stage_finished")[0].payload
-    assert "out_of_scope" not in (finished.model_extra or {})
+    assert finished.out_of_scope is None
     patch = (JobPaths(tmp_path, out["job_id"]).iteration_dir(1) / "patch.diff").read_text()
     assert "src/pkg/new.py" in patch and "tests/test_new.py" in patch
 

@@ -1,0 +1,202 @@
+"""One iteration: stages, spawned children, gates, checkpoint.
+
+Resume rule: what the journal says finished is rebuilt from the journal and
+the record store and never executed again; the executor is asked only for
+work the journal does not show as done. A stage attempt whose record the
+executor persisted but whose ``stage_finished`` a crash lost is adopted from
+its record, not run again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from longrun.engine import approvals
+from longrun.engine.children import register_children
+from longrun.engine.report import gate_line, gate_payload, stage_from_journal, stage_line, stage_payload
+from longrun.errors import LongrunError
+from longrun.execution.checkpoint import GateResult, IterationCheckpoint, StageResult
+from longrun.execution.gates import GateInput
+from longrun.execution.stages import should_retry
+from longrun.governance.policy import judge_iteration
+from longrun.governance.scope import scope_violations
+from longrun.journal.state import RunState
+from longrun.spec.compile import PlannedGate, PlannedStage
+from longrun.workspace import worktree
+
+if TYPE_CHECKING:
+    from longrun.engine.loop import Engine
+
+
+def stage_key(iteration: int, stage: str) -> str:
+    return f"{iteration}/stages/{stage}.json"
+
+
+def gate_key(iteration: int, gate: str) -> str:
+    return f"{iteration}/gates/{gate}.json"
+
+
+def checkpoint_key(iteration: int) -> str:
+    return f"{iteration}/checkpoint.json"
+
+
+def run_iteration(e: Engine, iteration: int) -> bool:
+    """Run (or finish) ``iteration``. False when the run ends inside it (stop, budget, approval)."""
+    s, rt = e.s, e.s.rt
+    ws = s.ports.workspace
+    start_tree = s.state.start_trees.get(iteration)
+    rt.paths.iteration_dir(iteration).mkdir(parents=True, exist_ok=True)
+
+    results: dict[str, StageResult] = {}
+    for stage in e.plan.stages:
+        if e.stop_now():
+            return False
+        result = _stage(e, stage, iteration, results, start_tree)
+        if result is None:
+            return False
+        results[stage.id] = result
+
+    register_children(s, iteration)
+    end_tree = ws.snapshot(rt.workspace)
+    patch = ws.diff(rt.workspace, start_tree, end_tree) if start_tree and end_tree else ""
+    changed = tuple(ws.changed(rt.workspace, start_tree, end_tree)) if start_tree and end_tree else ()
+    now_outside = scope_violations(changed, rt.spec.scope_paths) if e.scoped else []
+    inp = GateInput(changed_paths=changed, out_of_scope=_out_of_scope(s.state, iteration, now_outside))
+
+    gates: list[GateResult] = []
+    for pg in e.plan.gates:
+        if e.stop_now():
+            return False
+        gates.append(_gate(e, pg, iteration, inp))
+
+    ckpt = _checkpoint(e, iteration, [results[st.id] for st in e.plan.stages], gates, patch)
+    if s.state.open_iteration == iteration:
+        passed = judge_iteration(s.state, iteration, e.plan.gates, rt.spec.on_failure).gates_passed
+        s.emit("iteration_finished", {"iteration": iteration, "gates_passed": passed, "fingerprint": ckpt.fingerprint})
+    if rt.workdir is not None:
+        worktree.commit_all(rt.workdir, f"longrun {rt.job_id}: iteration {iteration}")
+    s.say(f"  checkpoint   {rt.paths.iteration_dir(iteration)}")
+    try:
+        s.ports.progress.iteration_done(iteration, ckpt, gates, s.state)
+    except Exception as exc:  # the UI tells the run; failing to must not stop it
+        s.say(f"  (could not publish the iteration summary: {type(exc).__name__}: {exc})")
+    return True
+
+
+def _stage(
+    e: Engine, stage: PlannedStage, iteration: int, done: dict[str, StageResult], start_tree: str | None
+) -> StageResult | None:
+    s, rt = e.s, e.s.rt
+    if s.state.stage_done(iteration, stage.id):
+        s.say(f"  {stage.id:<12} done (from the journal, not rerun)")
+        return _finished_stage(e, stage, iteration)
+    if not e.budget_allows(e.expected(stage.id), f"stage {stage.id}"):
+        return None
+    for a in rt.spec.approvals:
+        if a.before == stage.id and (a.when == "every_iteration" or iteration == 1):
+            what = f"run stage {stage.id!r} ({' '.join(stage.argv)}) with model {stage.model}"
+            if approvals.ask(e, a.step_name, iteration, what) != "approved":
+                return None
+    failed = [d for d in stage.depends_on if not done[d].ok]
+    if failed:
+        result = StageResult(
+            job_id=rt.job_id,
+            iteration=iteration,
+            stage=stage.id,
+            phase=stage.phase,
+            model=stage.model,
+            argv=list(stage.argv),
+            exit_code=None,
+            timed_out=False,
+            duration_s=0.0,
+            attempts=0,
+            error=f"skipped: dependency {', '.join(failed)} failed",
+        )
+    else:
+        result = _attempts(e, stage, iteration)
+    outside: list[str] = []
+    if e.scoped and start_tree:
+        ws = s.ports.workspace
+        now = ws.snapshot(rt.workspace)
+        outside = scope_violations(ws.changed(rt.workspace, start_tree, now), rt.spec.scope_paths) if now else []
+    s.emit("stage_finished", stage_payload(result, outside))
+    s.say(stage_line(result) + (f"  OUT OF SCOPE: {', '.join(outside)}" if outside else ""))
+    return result
+
+
+def _attempts(e: Engine, stage: PlannedStage, iteration: int) -> StageResult:
+    """Attempts of ``stage`` until one does not call for a retry (SPEC E3); each is journaled."""
+    s = e.s
+    attempt = s.state.attempts(iteration, stage.id)
+    result: StageResult | None = None
+    if attempt:
+        record = s.ports.records.load(stage_key(iteration, stage.id))
+        if isinstance(record, StageResult) and record.attempts == attempt:
+            result = record  # it ran to the end before a crash; only its journal event was lost
+            s.say(f"  {stage.id:<12} attempt {attempt} finished before the interruption (from its record, not rerun)")
+    while True:
+        if result is None:
+            attempt += 1
+            s.emit(
+                "stage_started",
+                {"iteration": iteration, "stage": stage.id, "attempt": attempt, "phase": stage.phase, "model": stage.model},
+            )
+            result = s.ports.executor.run_stage(s.rt, stage, iteration, attempt)
+        if should_retry(stage, result) and attempt <= stage.retry.max_retries:
+            what = "timed out" if result.timed_out else f"exited {result.exit_code}"
+            s.say(f"  {stage.id:<12} attempt {attempt} {what}; retrying")
+            if stage.retry.delay_seconds:
+                s.ports.clock.sleep(stage.retry.delay_seconds)
+            result = None
+            continue
+        return result
+
+
+def _finished_stage(e: Engine, stage: PlannedStage, iteration: int) -> StageResult:
+    """A stage the journal says finished: its journal event, with the argv its record ran."""
+    s = e.s
+    finished = s.state.stage_results[iteration][stage.id]
+    record = s.ports.records.load(stage_key(iteration, stage.id))
+    argv = record.argv if isinstance(record, StageResult) else list(stage.argv)
+    return stage_from_journal(s.rt.job_id, argv, finished)
+
+
+def _gate(e: Engine, pg: PlannedGate, iteration: int, inp: GateInput) -> GateResult:
+    s = e.s
+    if s.state.gate_done(iteration, pg.id):
+        record = s.ports.records.load(gate_key(iteration, pg.id))
+        if not isinstance(record, GateResult):
+            raise LongrunError(
+                f"the journal records gate {pg.id!r} of iteration {iteration}, but its record "
+                f"{gate_key(iteration, pg.id)} is missing from the checkpoint store",
+                code="checkpoint_missing",
+            )
+        return record
+    g = s.ports.executor.evaluate_gate(s.rt, pg, iteration, inp)
+    s.emit("gate_evaluated", gate_payload(g))
+    s.say(gate_line(g))
+    return g
+
+
+def _checkpoint(e: Engine, iteration: int, stages: list[StageResult], gates: list[GateResult], patch: str) -> IterationCheckpoint:
+    s, rt = e.s, e.s.rt
+    if iteration in s.state.checkpoints:
+        record = s.ports.records.load(checkpoint_key(iteration))
+        if not isinstance(record, IterationCheckpoint):
+            raise LongrunError(
+                f"the journal records the checkpoint of iteration {iteration}, but its record "
+                f"{checkpoint_key(iteration)} is missing from the checkpoint store",
+                code="checkpoint_missing",
+            )
+        return record
+    ckpt = s.ports.executor.write_checkpoint(rt, iteration, stages, gates, patch, s.state.usd_total, s.state.tokens_total)
+    s.emit("checkpoint_written", {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests})
+    return ckpt
+
+
+def _out_of_scope(state: RunState, iteration: int, now: list[str]) -> tuple[str, ...]:
+    """Every path found outside scope after any stage of the iteration, or at its end."""
+    seen = set(now)
+    for payload in state.stage_results.get(iteration, {}).values():
+        seen.update(payload.get("out_of_scope") or ())
+    return tuple(sorted(seen))

@@ -1,0 +1,177 @@
+"""The Ralph loop: iterations until the gates pass, or a budget, a stop condition or a human ends the run.
+
+Each iteration: budget check → stages (budget-checked one by one, scope
+checked after each) → spawned children → gates → checkpoint → the
+failure-policy verdict (complete, retry, escalate, approval, abort). Every run
+that ends leaves an evidence bundle (and, in strict mode, the completion
+contract check). Everything here talks to the world through
+:mod:`longrun.engine.ports`; nothing imports Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from longrun.engine import conclude as conclusion
+from longrun.engine.approvals import suspended_here
+from longrun.engine.finish import finish
+from longrun.engine.iteration import run_iteration
+from longrun.engine.report import human
+from longrun.engine.session import Session
+from longrun.errors import LongrunError
+from longrun.governance.budget import BudgetGovernor, expected_stage_spend
+from longrun.governance.policy import blocking_approval
+from longrun.governance.stop import StopCondition, StopInput, policy_from_spec
+from longrun.journal.registry import live_local_pid
+from longrun.spec.compile import ExecutionPlan
+from longrun.workspace import worktree
+
+
+@dataclass
+class Engine:
+    """A session plus the rules of its job, built once per run."""
+
+    s: Session
+    plan: ExecutionPlan
+    stop_policy: StopCondition
+    governor: BudgetGovernor
+    scoped: bool
+
+    @classmethod
+    def for_session(cls, s: Session) -> Engine:
+        plan = s.rt.plan
+        return cls(
+            s=s,
+            plan=plan,
+            stop_policy=policy_from_spec(s.rt.spec.stop_conditions, s.rt.stop_files),
+            governor=BudgetGovernor(s.rt.spec.budgets),
+            scoped=any(g.kind == "scope" for g in plan.gates),
+        )
+
+    def stop_now(self) -> bool:
+        """A stop condition holds: journal ``run_stopped`` and say so."""
+        decision = self.stop_policy(StopInput(self.s.state, self.s.now()))
+        if decision is None:
+            return False
+        self.s.emit("run_stopped", {"reason": decision.reason, "detail": decision.detail})
+        self.s.say(f"stopped: {decision.reason} ({human(decision.detail)})")
+        return True
+
+    def budget_allows(self, expected: tuple[float, int], what: str) -> bool:
+        """Budgets before work (E4): go on, stop, or wait for the hourly window."""
+        s = self.s
+        while True:
+            lineage = s.lineage() if (s.lineage is not None and s.state.children) else (0.0, 0)
+            d = self.governor.check(s.state, s.now(), *expected, lineage_usd=lineage[0], lineage_tokens=lineage[1])
+            if d is None:
+                return True
+            if d.action == "stop":
+                s.emit("stopped_budget", d.stopped_budget_payload())
+                s.say(f"stopped by budget before {what}: {d.reason} limit {d.limit} ({human(d.counters)})")
+                return False
+            assert d.until is not None
+            s.emit("budget_wait", {"until": d.until, "reason": d.reason, "counters": d.counters})
+            s.say(f"budget: {d.reason} limit reached; waiting until {d.until.isoformat()}")
+            while (left := (d.until - s.now()).total_seconds()) > 0:
+                if self.stop_now():
+                    return False
+                s.ports.clock.sleep(min(1.0, left))
+
+    def expected(self, stage_id: str | None) -> tuple[float, int]:
+        return expected_stage_spend(self.s.state, stage_id) if stage_id else (0.0, 0)
+
+
+def run_job(s: Session, *, source: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Run the job until it completes or stops; returns its outcome.
+
+    A ``COMPLETED``/``REJECTED`` job, or one waiting for an approval, returns
+    at once. A failure is journaled as ``run_failed`` (so the evidence bundle
+    records it) and raised with ``journaled`` set.
+    """
+    rt, state = s.rt, s.state
+    if state.status in ("COMPLETED", "REJECTED"):
+        if state.evidence_behind:
+            # Interrupted between the end of the run and its bundle: finish it now (bundle, strict check).
+            s.say(f"{rt.spec.name} ({rt.job_id}) is {state.status}; building the evidence bundle it did not get")
+            finish(s)
+        else:
+            s.say(f"{rt.spec.name} ({rt.job_id}) is {state.status}; nothing to do")
+        return s.outcome()
+    if (step := blocking_approval(state)) is not None and not suspended_here(s, step):
+        s.say(
+            f"{rt.spec.name} ({rt.job_id}) is waiting for approval {step!r}; "
+            f"approve it with: longrun approve {rt.job_id} --step {step} --approver NAME"
+        )
+        return s.outcome()
+    if not force and (alive := live_run(s)) is not None:
+        raise LongrunError(
+            f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({alive}); refusing to start it twice (use --force if that run is gone)",
+            code="job_already_running",
+        )
+    s.ports.workspace.prepare(rt, Path(source).parent if source else None)
+    s.start_segment(resumed=state.iteration > 0)
+    if rt.spec.isolation == "worktree":
+        wt = s.ports.workspace.isolate(rt)
+        s.rt = replace(rt, workdir=wt)
+        s.say(f"isolated in worktree {wt} (branch {worktree.branch_name(rt.job_id)})")
+    try:
+        _loop(Engine.for_session(s))
+    except LongrunError as exc:
+        s.emit("run_failed", {"code": exc.code, "message": exc.message})
+        exc.journaled = True
+        raise
+    finally:
+        if s.state.is_terminal:
+            finish(s)
+    return s.outcome()
+
+
+def _loop(e: Engine) -> None:
+    s = e.s
+    # A resumed job may have been decided since its last iteration (an approval
+    # gate approved, an escalation answered): conclude that iteration first.
+    last = s.state.iterations_finished
+    if s.state.open_iteration is None and last and not conclusion.conclude(e, last):
+        return
+    while True:
+        if e.stop_now():
+            return
+        if s.state.open_iteration is None:
+            iteration = s.state.iteration + 1
+            first = e.plan.stages[0].id if e.plan.stages else None
+            if not e.budget_allows(e.expected(first), f"iteration {iteration}"):
+                return
+            s.emit("iteration_started", {"iteration": iteration, "start_tree": s.ports.workspace.snapshot(s.rt.workspace)})
+            s.say(f"iteration {iteration}")
+        else:
+            iteration = s.state.open_iteration
+            s.say(f"iteration {iteration} (resumed)")
+        if not run_iteration(e, iteration):
+            return
+        if not conclusion.conclude(e, iteration):
+            return
+
+
+def live_run(s: Session) -> str | None:
+    """Whether the job's last run is still alive (the journal-level duplicate-run guard).
+
+    A RUNNING status alone does not mean a live run: a SIGKILLed engine leaves
+    it behind. The last ``run_started`` names its flow run, host and pid: on
+    this host the pid must be alive; elsewhere the orchestrator must still see
+    the flow run as running or paused.
+    """
+    started = s.state.last_run
+    if s.state.status != "RUNNING" or started is None:
+        return None
+    if started.pid is not None and started.host == socket.gethostname():
+        pid = live_local_pid(started)
+        if pid is None or pid == os.getpid():
+            return None
+        return f"pid {pid} on {started.host}, flow run {started.flow_run_id}"
+    if started.flow_run_id and started.flow_run_id != s.rt.run_id:
+        return s.ports.liveness.flow_run_alive(started.flow_run_id)
+    return None

@@ -1,0 +1,83 @@
+"""What the engine journals and prints about stages and gates (payloads and lines)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from longrun.execution.checkpoint import GateResult, StageResult, UsageRecord
+
+
+def stage_payload(result: StageResult, out_of_scope: list[str] | None = None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "iteration": result.iteration,
+        "stage": result.stage,
+        "exit_code": result.exit_code,
+        "timed_out": result.timed_out,
+        "duration_s": result.duration_s,
+        "phase": result.phase,
+        "model": result.model,
+        "attempts": result.attempts,
+        "usage": result.usage.model_dump(),
+        "error": result.error,
+    }
+    if out_of_scope:
+        payload["out_of_scope"] = out_of_scope
+    return payload
+
+
+def stage_from_journal(job_id: str, argv: list[str], finished: Mapping[str, Any]) -> StageResult:
+    """A finished stage as the journal records it (its record may be gone: a skipped stage has none)."""
+    usage = finished.get("usage") or {}
+    return StageResult(
+        job_id=job_id,
+        iteration=finished["iteration"],
+        stage=finished["stage"],
+        phase=finished.get("phase"),
+        model=finished["model"],
+        argv=argv,
+        exit_code=finished.get("exit_code"),
+        timed_out=bool(finished.get("timed_out", False)),
+        duration_s=float(finished.get("duration_s", 0.0)),
+        attempts=int(finished.get("attempts", 1)),
+        usage=UsageRecord(usd=usage.get("usd", 0.0), tokens=usage.get("tokens", 0), model=usage.get("model")),
+        error=finished.get("error"),
+    )
+
+
+def stage_line(result: StageResult) -> str:
+    if result.attempts == 0:
+        return f"  {result.stage:<12} skipped  ({result.error})"
+    status = "ok" if result.ok else ("timeout" if result.timed_out else f"exit {result.exit_code}")
+    return (
+        f"  {result.stage:<12} {status:<8} {result.duration_s:6.2f}s  model={result.model}  "
+        f"${result.usage.usd:.4f} {result.usage.tokens} tok"
+    )
+
+
+def gate_payload(g: GateResult) -> dict[str, Any]:
+    evidence = {k: v for k, v in g.evidence.items() if k != "report"}
+    if "report" in g.evidence:
+        evidence["failing"] = g.evidence["report"]["failing"]
+    return {
+        "iteration": g.iteration,
+        "gate": g.gate,
+        "kind": g.gate_kind,
+        "required": g.required,
+        "passed": g.passed,
+        "evidence": evidence,
+    }
+
+
+def gate_line(g: GateResult) -> str:
+    detail = ""
+    if "tests" in g.evidence:
+        detail = f"  {g.evidence['passed']}/{g.evidence['tests']} tests passed"
+    elif g.evidence.get("matched"):
+        detail = "  " + ", ".join(g.evidence["matched"])
+    return f"  gate {g.gate:<8} {'PASS' if g.passed else 'FAIL'}{'' if g.required else ' (optional)'}{detail}"
+
+
+def human(detail: Mapping[str, Any]) -> str:
+    """``key=value`` pairs for a stop or budget detail (not a Python dict)."""
+    return ", ".join(f"{k}={v}" for k, v in detail.items())
