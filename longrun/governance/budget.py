@@ -83,7 +83,12 @@ def _in_window(ts: datetime, now: datetime) -> bool:
 
 def usd_in_window(state: RunState, now: datetime) -> float:
     """USD of the ``stage_finished`` entries within the 60 minutes ending at ``now``."""
-    return _r(sum(e.usd for e in state.usage_log if _in_window(e.ts, now)))
+    total = 0.0
+    for e in reversed(state.usage_log):  # newest first: stop at the first entry older than the window
+        if not _in_window(e.ts, now):
+            break
+        total += e.usd
+    return _r(total)
 
 
 @dataclass(frozen=True)
@@ -111,15 +116,7 @@ def expected_stage_spend(state: RunState, stage_id: str) -> tuple[float, int]:
     the open one can only raise the estimate). USD and tokens are maximised
     separately, which can only make the estimate more cautious.
     """
-    usd, tokens = 0.0, 0
-    for stages in state.stage_results.values():
-        result = stages.get(stage_id)
-        if result is None:
-            continue
-        spent = result.get("usage") or {}
-        usd = max(usd, float(spent.get("usd", 0.0)))
-        tokens = max(tokens, int(spent.get("tokens", 0)))
-    return usd, tokens
+    return state.stage_max_spend.get(stage_id, (0.0, 0))
 
 
 def expected_iteration_spend(state: RunState, stage_ids: Iterable[str]) -> tuple[float, int]:

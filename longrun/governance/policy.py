@@ -37,6 +37,7 @@ and lists the events the flow should journal for it.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -76,11 +77,8 @@ def gate_failures(state: RunState, gate_id: str, *, after_iteration: int = 0) ->
 
     One per iteration at most (the flow journals each gate once per iteration).
     """
-    return sum(
-        1
-        for iteration, gates in state.gate_results.items()
-        if iteration > after_iteration and gate_id in gates and not gates[gate_id]["passed"]
-    )
+    failed = state.gate_failed_iterations.get(gate_id, ())
+    return len(failed) - bisect.bisect_right(failed, after_iteration)
 
 
 def policy_failures(state: RunState, gate_id: str) -> int:

@@ -175,6 +175,10 @@ class RunState:
     approval_requests: Mapping[tuple[str, int | None], int] = _EMPTY
     #: The payload of the last ``approval_requested``.
     last_approval_request: ApprovalRequested | None = None
+    #: stage → the largest (usd, tokens) one of its runs spent (budget estimates, kept as events arrive).
+    stage_max_spend: Mapping[str, tuple[float, int]] = _EMPTY
+    #: gate → iterations (ascending) whose evaluation of the gate failed.
+    gate_failed_iterations: Mapping[str, tuple[int, ...]] = _EMPTY
     #: Seq of the event that last ended a run (completed, stopped, failed, rejected, waiting).
     terminal_seq: int = 0
 
@@ -303,9 +307,15 @@ class _Fold:
         v["usd_total"] += p.usage.usd
         v["tokens_total"] += p.usage.tokens
         self._list("usage_log").append(UsageEntry(ts=ts, usd=p.usage.usd, tokens=p.usage.tokens))
+        spend = self._map("stage_max_spend")
+        usd, tokens = spend.get(p.stage, (0.0, 0))
+        spend[p.stage] = (max(usd, float(p.usage.usd)), max(tokens, int(p.usage.tokens)))
 
     def _on_gate_evaluated(self, p: Any, ts: datetime) -> None:
         self._inner("gate_results", p.iteration)[p.gate] = _freeze(p.model_dump(mode="json"))
+        failed = self._map("gate_failed_iterations")
+        its = tuple(i for i in failed.get(p.gate, ()) if i != p.iteration)  # the last evaluation of an iteration counts
+        failed[p.gate] = its if p.passed else tuple(sorted((*its, p.iteration)))
 
     def _on_checkpoint_written(self, p: Any, ts: datetime) -> None:
         self._map("checkpoints")[p.iteration] = _freeze(p.files)

@@ -257,8 +257,9 @@ def test_hourly_limit_with_wait_sleeps_until_the_window_has_room(prefect_server,
     """``on_hourly_limit: wait`` journals ``budget_wait`` and continues (clock and sleep injected)."""
     from prefect import flow
 
+    from longrun.engine.loop import run_job
     from longrun.execution.runtime import JobRuntime
-    from longrun.flows.job import run_iterations
+    from longrun.flows.job import session_for
 
     counter = tmp_path / "counter.txt"
     spec = job(
@@ -280,18 +281,27 @@ quality_gates:
     def clock() -> datetime:
         return datetime.now(UTC) + timedelta(seconds=offset[0])
 
-    def sleep(s: float) -> None:
+    def nap(s: float) -> None:
         # Each nap lets two hours pass: the journal stamps real time, so the
         # injected clock must leave every journaled spend behind at once.
         slept.append(s)
         offset[0] += 2 * 3600
+
+    class Clock:
+        def now(self) -> datetime:
+            return clock()
+
+        def sleep(self, seconds: float) -> None:
+            nap(seconds)
 
     @flow(name="hourly-wait-test", persist_result=False)
     def body() -> dict:
         from prefect.context import get_run_context
 
         rt = JobRuntime(loaded=loaded, root=tmp_path, run_id=str(get_run_context().flow_run.id))
-        return run_iterations(rt, str(spec), say=lambda line: None, clock=clock, sleep=sleep)
+        s = session_for(rt)
+        s.ports.clock = Clock()
+        return run_job(s, source=str(spec))
 
     out = body()
     assert out["status"] == "COMPLETED" and out["iterations"] == 3

@@ -28,15 +28,14 @@ with open(os.environ["COUNTER"], "a") as f:
 with open(os.environ["LONGRUN_USAGE_FILE"], "w") as f:
     json.dump({"usd": 0.01, "tokens": 10}, f)
 open(f"{name}-{it}.txt", "w").write("done\\n")
-if name == "slow" and it == "1" and not os.path.exists(os.environ["SLEPT"]):
+if name == "slow" and it == os.environ.get("KILL_ITERATION", "1") and not os.path.exists(os.environ["SLEPT"]):
     open(os.environ["SLEPT"], "w").close()
     time.sleep(120)   # the engine is SIGKILLed while we sleep
 """
 
 
-def test_sigkill_mid_stage_then_resume(cli_env, tmp_path):
-    counter, slept = tmp_path / "counter.txt", tmp_path / "slept"
-    spec = write_job(
+def _killme(tmp_path, counter, slept, kill_iteration: int = 1):
+    return write_job(
         tmp_path,
         f"""
 name: killme
@@ -45,9 +44,9 @@ workspace: {{path: ws, template: template}}
 allowed_tools: [python]
 model_policy: {{default: m}}
 stages:
-  - {{id: first, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}"}}}}
-  - {{id: slow, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}"}}, timeout: 300}}
-  - {{id: last, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}"}}}}
+  - {{id: first, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}", KILL_ITERATION: "{kill_iteration}"}}}}
+  - {{id: slow, run: [python, stage.py], timeout: 300, env: {{COUNTER: "{counter}", SLEPT: "{slept}", KILL_ITERATION: "{kill_iteration}"}}}}
+  - {{id: last, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}", KILL_ITERATION: "{kill_iteration}"}}}}
 quality_gates:
   required:
     - id: second-iteration
@@ -57,6 +56,11 @@ stop_conditions: {{max_iterations: 5}}
 """,
         {"stage.py": STAGE},
     )
+
+
+def test_sigkill_mid_stage_then_resume(cli_env, tmp_path):
+    counter, slept = tmp_path / "counter.txt", tmp_path / "slept"
+    spec = _killme(tmp_path, counter, slept)
     job_id = load_spec(spec).job_id
     paths = JobPaths(tmp_path, job_id)
 
@@ -130,4 +134,44 @@ stop_conditions: {{max_iterations: 5}}
         )
     states = {t.name: t.state.name for t in tr}
     assert "first#1" not in states
-    assert states["slow#1"] == "Completed" and states["last#2"] == "Completed"
+    assert states["slow#1 attempt 2"] == "Completed" and states["last#2"] == "Completed"
+
+
+def test_sigkill_in_iteration_2_then_resume_with_prefect_cache_refresh_on(cli_env, tmp_path):
+    """Resume never asks Prefect's cache: with PREFECT_TASKS_REFRESH_CACHE=true no finished stage runs again."""
+    killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
+    killed_root.mkdir()
+    clean_root.mkdir()
+    counter, slept = killed_root / "counter.txt", killed_root / "slept"
+    spec = _killme(killed_root, counter, slept, kill_iteration=2)
+    job_id = load_spec(spec).job_id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longrun.cli.main", "run", str(spec), "--root", str(killed_root)],
+        cwd=killed_root,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sigkill_engine_once(proc, slept, "stage 'slow' of iteration 2")
+    state = Journal(JobPaths(killed_root, job_id).events_file).state()
+    assert (state.open_iteration, state.iterations_finished) == (2, 1) and not state.stage_done(2, "slow")
+
+    refresh = {**cli_env, "PREFECT_TASKS_REFRESH_CACHE": "true"}
+    done = longrun_cli("resume", job_id, "--root", str(killed_root), "--json", cwd=killed_root, env=refresh)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "COMPLETED"
+    runs = [l.split(" pid=")[0] for l in counter.read_text().splitlines()]
+    # Each finished stage ran once; only 'slow 2', killed mid-run, ran twice.
+    assert runs == ["first 1", "slow 1", "last 1", "first 2", "slow 2", "slow 2", "last 2"]
+
+    # The same job run without interruption spends exactly the same.
+    clean_counter = clean_root / "counter.txt"
+    clean_spec = _killme(clean_root, clean_counter, clean_root / "slept", kill_iteration=0)
+    ok = longrun_cli("run", str(clean_spec), "--root", str(clean_root), "--json", cwd=clean_root, env=cli_env)
+    assert ok.returncode == 0, ok.stderr
+    killed = Journal(JobPaths(killed_root, job_id).events_file).state()
+    clean = Journal(JobPaths(clean_root, load_spec(clean_spec).job_id).events_file).state()
+    assert (killed.iterations_finished, clean.iterations_finished) == (2, 2)
+    assert killed.usd_total == pytest.approx(clean.usd_total) == pytest.approx(0.06)
+    assert killed.tokens_total == clean.tokens_total == 60
