@@ -58,7 +58,7 @@ def cmd_approve(args: argparse.Namespace, out: Out) -> int:
     )
     resumed = request is not None and was_waiting and _resume_paused(request, args)
     after = record.state()
-    flow_run = (request.payload.model_extra or {}).get("flow_run_id") if request else None
+    flow_run = getattr(request.payload, "flow_run_id", None) if request else None
     human = f"{decision} step {args.step!r} of {record.name} ({record.job_id}) by {args.approver}"
     if resumed:
         human += f": resumed paused flow run {flow_run}"
@@ -80,8 +80,8 @@ def cmd_approve(args: argparse.Namespace, out: Out) -> int:
 
 def _resume_paused(request, args: argparse.Namespace) -> bool:
     """Resume the paused flow run named in ``approval_requested``; False if it is not paused (any more)."""
-    extra = request.payload.model_extra or {}
-    flow_run_id, api_url = extra.get("flow_run_id"), extra.get("api_url")
+    # Extra fields of the payload today, declared fields once events.py names them: getattr reads both.
+    flow_run_id, api_url = getattr(request.payload, "flow_run_id", None), getattr(request.payload, "api_url", None)
     if not flow_run_id:
         return False
     from longrun.flows.runner import resume_paused_run
