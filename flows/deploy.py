@@ -1,8 +1,10 @@
 """Deployments of job specs to Prefect (SPEC O2): names, parameters, schedules, keys.
 
-Pure helpers: nothing here imports Prefect at module import time. The few
-functions that return Prefect objects (``cron_schedule``,
-``concurrency_config``, ``next_run_times``) import it when called.
+Pure helpers: nothing here imports Prefect, so ``longrun`` builds its parser
+(``--pool`` and ``--collision-strategy``) from this module cheaply. What talks
+to Prefect lives beside it: ``longrun.flows.deploy_runner`` (Prefect schedule
+and concurrency objects, the RunnerDeployment, work pools, ``serve``) and
+``longrun.flows.deploy_trigger`` (finding a deployment, starting a run).
 
 Naming
 ------
@@ -29,11 +31,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any
 
-from longrun.spec.loader import LoadedSpec
 from longrun.storage.paths import JOB_ID_RE
+
+if TYPE_CHECKING:
+    from longrun.spec.loader import LoadedSpec
 
 #: The process work pool ``longrun deploy`` and ``prefect.yaml`` use by default.
 DEFAULT_POOL = "longrun-process"
@@ -171,38 +174,6 @@ def plan_deployment(
     )
 
 
-# ----------------------------------------------------------- Prefect objects (lazy)
-
-
-def cron_schedule(schedule: ScheduleSpec | Any):
-    """``prefect.client.schemas.schedules.CronSchedule`` with the spec's cron *and* IANA time zone."""
-    from prefect.client.schemas.schedules import CronSchedule
-
-    return CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
-
-
-def concurrency_config(limit: int = DEFAULT_CONCURRENCY, strategy: str = DEFAULT_COLLISION_STRATEGY):
-    """``ConcurrencyLimitConfig(limit=1, collision_strategy=ENQUEUE)`` by default."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-
-    return ConcurrencyLimitConfig(limit=limit, collision_strategy=ConcurrencyLimitStrategy(strategy.upper()))
-
-
-def next_run_times(schedule: ScheduleSpec | Any, n: int = 3, start: datetime | None = None) -> list[datetime]:
-    """The next ``n`` run times of a cron schedule, as aware datetimes in its own time zone.
-
-    Computed by Prefect's server-side ``CronSchedule.get_dates`` (what the
-    Prefect scheduler uses), so DST behaves exactly as the server schedules it.
-    """
-    from prefect.server.schemas.schedules import CronSchedule
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    tz = ZoneInfo(schedule.timezone)
-    sched = CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
-    dates = run_coro_as_sync(sched.get_dates(n=n, start=start or datetime.now(UTC)))
-    return [datetime.fromtimestamp(d.timestamp(), tz) for d in dates or []]
-
-
 # ----------------------------------------------------------- intended runs
 
 
@@ -223,7 +194,8 @@ def parse_time(value: str | datetime) -> datetime:
     return dt
 
 
-def _utc_text(dt: datetime) -> str:
+def utc_text(dt: datetime) -> str:
+    """``dt`` in UTC as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (the form idempotency keys use)."""
     u = dt.astimezone(UTC)
     text = u.strftime("%Y-%m-%dT%H:%M:%S")
     if u.microsecond:
@@ -249,7 +221,7 @@ def intended_run_key(job_id: str, scheduled_time: str | datetime | None = None, 
             raise ValueError("the explicit key is empty")
         return f"longrun:{job_id}:key:{key}"
     if scheduled_time is not None:
-        return f"longrun:{job_id}:at:{_utc_text(parse_time(scheduled_time))}"
+        return f"longrun:{job_id}:at:{utc_text(parse_time(scheduled_time))}"
     return f"longrun:{job_id}:once:{uuid.uuid4().hex}"
 
 
@@ -348,162 +320,3 @@ def render_prefect_yaml(loaded: LoadedSpec, spec_relpath: str, **kwargs: Any) ->
     )
     body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
     return header + body
-
-
-# ----------------------------------------------------------- triggers (Prefect, lazy)
-
-
-@dataclass(frozen=True)
-class TriggerResult:
-    flow_run_id: str
-    flow_run_name: str
-    state: str
-    deployment_id: str
-    deployment: str
-    job_id: str
-    idempotency_key: str
-    scheduled_time: str | None
-    created: str | None
-    #: True when ``at`` matched a run that already existed for that time (e.g. the
-    #: Prefect scheduler's own run); False when run_deployment returned the run.
-    scheduled_run_reused: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def _flow_name(client: Any, flow_id: Any, cache: dict[Any, str]) -> str:
-    if flow_id not in cache:
-        cache[flow_id] = client.read_flow(flow_id).name
-    return cache[flow_id]
-
-
-def resolve_deployment(client: Any, ref: str) -> tuple[Any, str]:
-    """A deployment and its ``<flow>/<deployment>`` name from a reference.
-
-    ``ref`` is a deployment id, ``<flow>/<deployment>``, or a job (name or id):
-    the one deployment tagged ``job:<name>`` / ``job-id:<id>`` or named ``ref``.
-    Raises ``LongrunError`` ``deployment_not_found`` / ``deployment_ambiguous``.
-    """
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, DeploymentFilterTags
-    from prefect.client.schemas.sorting import DeploymentSort
-    from prefect.exceptions import ObjectNotFound
-
-    from longrun.errors import LongrunError
-
-    names: dict[Any, str] = {}
-    try:
-        dep_id = uuid.UUID(ref)
-    except ValueError:
-        dep_id = None
-    try:
-        if dep_id is not None:
-            dep = client.read_deployment(dep_id)
-            return dep, run_deployment_name(_flow_name(client, dep.flow_id, names), dep.name)
-        if "/" in ref:
-            dep = client.read_deployment_by_name(ref)
-            return dep, ref
-    except ObjectNotFound:
-        raise LongrunError(f"no deployment {ref!r} on the Prefect server", code="deployment_not_found") from None
-
-    filters = [DeploymentFilter(tags=DeploymentFilterTags(all_=[f"job:{ref}"]))]
-    if JOB_ID_RE.match(ref):
-        filters.append(DeploymentFilter(tags=DeploymentFilterTags(all_=[f"job-id:{ref}"])))
-    filters.append(DeploymentFilter(name=DeploymentFilterName(any_=[ref])))
-    found: dict[Any, Any] = {}
-    for f in filters:
-        for dep in client.read_deployments(deployment_filter=f, limit=50, sort=DeploymentSort.NAME_ASC, offset=0):
-            found.setdefault(dep.id, dep)
-    if not found:
-        raise LongrunError(
-            f"no deployment of job {ref!r} (tags job:{ref} / job-id:{ref}) and none named {ref!r}; "
-            "deploy it with: longrun deploy SPEC",
-            code="deployment_not_found",
-        )
-    if len(found) > 1:
-        listed = sorted(run_deployment_name(_flow_name(client, d.flow_id, names), d.name) for d in found.values())
-        raise LongrunError(
-            f"{ref!r} matches {len(found)} deployments: {', '.join(listed)}; name one as <flow>/<deployment>",
-            code="deployment_ambiguous",
-        )
-    (dep,) = found.values()
-    return dep, run_deployment_name(_flow_name(client, dep.flow_id, names), dep.name)
-
-
-def _scheduled_run_at(client: Any, deployment_id: Any, at: datetime) -> Any | None:
-    """A flow run of the deployment that the Prefect scheduler (or anyone) created for ``at``."""
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterExpectedStartTime,
-    )
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    runs = client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-        flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=at, before_=at)),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-        limit=1,
-        offset=0,
-    )
-    return runs[0] if runs else None
-
-
-def trigger(
-    target: str,
-    *,
-    key: str | None = None,
-    at: str | datetime | None = None,
-    parameters: dict[str, Any] | None = None,
-) -> TriggerResult:
-    """Start one intended run of a deployed job; triggers of the same intended run share it.
-
-    ``run_deployment(..., timeout=0, idempotency_key=intended_run_key(job_id, at, key))``:
-    the Prefect server returns the existing flow run for a repeated key. With
-    ``at`` (and no ``key``) a run that already exists for exactly that time --
-    typically the one the Prefect scheduler created from the deployment's cron
-    schedule -- is returned instead of creating a second one. The run is
-    scheduled at ``at`` (now when not given).
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-
-    from longrun.errors import LongrunError
-
-    when = parse_time(at) if at is not None else None
-    with get_client(sync_client=True) as client:
-        dep, full_name = resolve_deployment(client, target)
-        job_id = job_id_from_deployment(list(dep.tags or []), dict(dep.parameters or {}))
-        if job_id is None:
-            raise LongrunError(
-                f"deployment {full_name!r} is not a longrun job deployment (no job-id tag, no valid spec parameter)",
-                code="deployment_not_longrun",
-            )
-        idem = intended_run_key(job_id, when, key)
-        existing = _scheduled_run_at(client, dep.id, when) if when is not None and key is None else None
-    if existing is not None:
-        fr, reused = existing, True
-    else:
-        fr = run_deployment(
-            dep.id,
-            parameters=parameters or None,
-            scheduled_time=when,
-            timeout=0,
-            idempotency_key=idem,
-            as_subflow=False,
-        )
-        reused = False
-    state = fr.state.type.value if fr.state is not None else "UNKNOWN"
-    return TriggerResult(
-        flow_run_id=str(fr.id),
-        flow_run_name=fr.name,
-        state=state,
-        deployment_id=str(dep.id),
-        deployment=full_name,
-        job_id=job_id,
-        idempotency_key=fr.idempotency_key or idem,
-        scheduled_time=_utc_text(when) if when is not None else None,
-        created=_utc_text(fr.created) if fr.created is not None else None,
-        scheduled_run_reused=reused,
-    )

@@ -30,15 +30,14 @@ import os
 import sys
 from typing import Any
 
-from longrun.cli.main import EXIT_OK, _root
+from longrun.cli.common import EXIT_OK, Out, job_root
 from longrun.errors import LongrunError
 
-__all__ = ["cmd_deploy", "cmd_trigger", "register"]
+__all__ = ["PARSERS", "cmd_deploy", "cmd_trigger"]
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``deploy`` and ``trigger`` to the ``longrun`` parser's subcommands."""
-    from longrun.flows.deploy import COLLISION_STRATEGIES, DEFAULT_POOL
+def _add_deploy(sub: Any, common: argparse.ArgumentParser) -> None:
+    from longrun.flows.deploy import COLLISION_STRATEGIES, DEFAULT_POOL  # pure: no Prefect
 
     s = sub.add_parser(
         "deploy",
@@ -71,6 +70,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     s.set_defaults(fn=cmd_deploy)
 
+
+def _add_trigger(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "trigger",
         parents=[common],
@@ -93,10 +94,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_trigger)
 
 
-def _api_note() -> None:
-    from prefect.settings import get_current_settings
+#: Command name → the function that adds its subparser (``longrun.cli.main`` orders them).
+PARSERS = {"deploy": _add_deploy, "trigger": _add_trigger}
 
-    if not get_current_settings().api.url:
+
+def _api_note() -> None:
+    from longrun.flows.deploy_runner import api_url
+
+    if not api_url():
         print(
             "note: PREFECT_API_URL is not set; using Prefect's embedded server (its database in $PREFECT_HOME). "
             "Workers and the UI need a running server: prefect server start, then export PREFECT_API_URL.",
@@ -105,9 +110,10 @@ def _api_note() -> None:
 
 
 def _api_errors(exc: Exception) -> LongrunError:
-    from prefect.settings import get_current_settings
+    """Any error from a Prefect API call, as ``prefect_api_error`` (exit 1) naming the server."""
+    from longrun.flows.deploy_runner import api_url
 
-    url = get_current_settings().api.url or "the embedded server"
+    url = api_url() or "the embedded server"
     return LongrunError(f"Prefect API error ({url}): {type(exc).__name__}: {exc}", code="prefect_api_error")
 
 
@@ -120,12 +126,12 @@ def _fmt_time(dt, tz: str) -> str:
 # ---------------------------------------------------------------- deploy
 
 
-def cmd_deploy(args: argparse.Namespace, out: Any) -> int:
+def cmd_deploy(args: argparse.Namespace, out: Out) -> int:
     from longrun.engine.preflight import preflight
-    from longrun.flows.deploy import DEFAULT_POOL, next_run_times, plan_deployment
+    from longrun.flows.deploy import DEFAULT_POOL, plan_deployment
     from longrun.spec import load_spec
 
-    root = _root(args)
+    root = job_root(args)
     loaded = load_spec(args.path)
     preflight(loaded, root, loaded.source.parent if loaded.source else None)
     try:
@@ -134,12 +140,14 @@ def cmd_deploy(args: argparse.Namespace, out: Any) -> int:
         )
     except ValueError as exc:
         raise LongrunError(str(exc), code="usage_error") from None
+    from longrun.flows.deploy_runner import apply_deployment, next_run_times, runner_deployment, serve
+
     _api_note()
     pool = None if args.serve else (args.pool or DEFAULT_POOL)
-    flow, deployment = _runner_deployment(plan, pool)
+    flow, deployment = runner_deployment(plan, pool)
     try:
         created_pool = _ensure_pool(pool) if pool else False
-        deployment_id = deployment.apply(work_pool_name=pool) if pool else deployment.apply()
+        deployment_id = apply_deployment(deployment, pool)
     except LongrunError:
         raise
     except Exception as exc:
@@ -163,7 +171,7 @@ def cmd_deploy(args: argparse.Namespace, out: Any) -> int:
         file=sys.stderr,
         flush=True,
     )
-    _serve(flow, plan)
+    serve(flow, plan)
     print(
         f"stopped serving {plan.full_name}; its schedule is paused (resume: prefect deployment schedule resume, or deploy again)",
         file=sys.stderr,
@@ -171,73 +179,20 @@ def cmd_deploy(args: argparse.Namespace, out: Any) -> int:
     return EXIT_OK
 
 
-def _runner_deployment(plan, pool: str | None):
-    """The job's flow (``longrun_job_entry`` renamed after the job) and its RunnerDeployment."""
-    from longrun.flows.deploy import concurrency_config
-    from longrun.flows.entry import longrun_job_entry
-
-    flow = longrun_job_entry.with_options(name=plan.flow_name)
-    deployment = flow.to_deployment(
-        concurrency_limit=concurrency_config(plan.concurrency_limit, plan.collision_strategy),
-        work_pool_name=pool,
-        **_deployment_options(plan),
-    )
-    return flow, deployment
-
-
-def _deployment_options(plan) -> dict[str, Any]:
-    """What ``flow.to_deployment`` and ``flow.serve`` are both given for a job."""
-    from prefect.types.entrypoint import EntrypointType
-
-    from longrun.flows.deploy import cron_schedule
-
-    return {
-        "name": plan.deployment_name,
-        "schedules": [cron_schedule(plan.schedule)] if plan.schedule else [],
-        "parameters": plan.parameters,
-        "description": plan.description,
-        "tags": plan.tags,
-        "entrypoint_type": EntrypointType.MODULE_PATH,
-    }
-
-
 def _ensure_pool(pool: str) -> bool:
     """The work pool exists afterwards; a missing one is created as a process pool (returns True)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
+    from longrun.flows.deploy_runner import ensure_pool
 
-    with get_client(sync_client=True) as client:
-        try:
-            wp = client.read_work_pool(pool)
-        except ObjectNotFound:
-            try:
-                client.create_work_pool(
-                    WorkPoolCreate(name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
-                )
-            except ObjectAlreadyExists:
-                return False
-            print(f"created process work pool {pool!r}", file=sys.stderr)
-            return True
-    if wp.type != "process":
+    found = ensure_pool(pool)
+    if found.created:
+        print(f"created process work pool {pool!r}", file=sys.stderr)
+    elif found.type is not None and found.type != "process":
         print(
-            f"note: work pool {pool!r} is of type {wp.type!r}; its workers must have longrun installed "
+            f"note: work pool {pool!r} is of type {found.type!r}; its workers must have longrun installed "
             "(the entrypoint is the module longrun.flows.entry)",
             file=sys.stderr,
         )
-    return False
-
-
-def _serve(flow, plan) -> None:
-    from longrun.flows.deploy import concurrency_config
-
-    flow.serve(
-        global_limit=concurrency_config(plan.concurrency_limit, plan.collision_strategy),
-        pause_on_shutdown=True,
-        print_starting_message=False,
-        **_deployment_options(plan),
-    )
+    return found.created
 
 
 def _deploy_text(doc: dict[str, Any]) -> str:
@@ -281,8 +236,8 @@ def _deploy_text(doc: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- trigger
 
 
-def cmd_trigger(args: argparse.Namespace, out: Any) -> int:
-    from longrun.flows.deploy import parse_time, trigger
+def cmd_trigger(args: argparse.Namespace, out: Out) -> int:
+    from longrun.flows.deploy import parse_time
 
     if args.at is not None:
         try:
@@ -293,7 +248,9 @@ def cmd_trigger(args: argparse.Namespace, out: Any) -> int:
         raise LongrunError("--key is empty", code="usage_error")
     parameters = None
     if getattr(args, "root", None):
-        parameters = {"root": str(_root(args))}
+        parameters = {"root": str(job_root(args))}
+    from longrun.flows.deploy_trigger import trigger
+
     _api_note()
     try:
         result = trigger(args.target, key=args.key, at=args.at, parameters=parameters)

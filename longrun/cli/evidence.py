@@ -27,15 +27,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from longrun.cli.main import EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED, EXIT_OK, _root
+from longrun.cli.common import EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED, EXIT_OK, Out, job_root
 from longrun.errors import EvidenceMissing, EvidenceStoreInvalid
 from longrun.storage import BLOCK_SLUGS
 
-__all__ = ["cmd_evidence", "cmd_verify", "register"]
+__all__ = ["PARSERS", "cmd_evidence", "cmd_verify"]
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``evidence`` and ``verify`` to the ``longrun`` parser's subcommands."""
+def _add_evidence(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "evidence",
         parents=[common],
@@ -53,6 +52,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     s.set_defaults(fn=cmd_evidence, parser=s)
 
+
+def _add_verify(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("verify", parents=[common], help="re-check an evidence bundle against its manifest")
     s.add_argument(
         "target", metavar="TARGET", help="a job (id or name), a manifest path, or s3://bucket/prefix/<jobId>.manifest.json"
@@ -69,10 +70,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_verify)
 
 
+#: Command name → the function that adds its subparser (``longrun.cli.main`` orders them).
+PARSERS = {"evidence": _add_evidence, "verify": _add_verify}
+
+
 # ---------------------------------------------------------------- evidence
 
 
-def cmd_evidence(args: argparse.Namespace, out: Any) -> int:
+def cmd_evidence(args: argparse.Namespace, out: Out) -> int:
     from longrun.evidence.publish import finalize_evidence, push_evidence
     from longrun.journal.registry import find_job
 
@@ -83,7 +88,7 @@ def cmd_evidence(args: argparse.Namespace, out: Any) -> int:
         push, ref = False, words[0]
     else:
         args.parser.error("expected 'evidence JOB' or 'evidence push JOB'")
-    root = _root(args)
+    root = job_root(args)
     record = find_job(root, ref)
     if push:
         outcome = push_evidence(root, record.job_id, _store_ref(args, record), record.journal)
@@ -135,7 +140,7 @@ def _store_ref(args: argparse.Namespace, record: Any) -> str | None:
 # ---------------------------------------------------------------- verify
 
 
-def cmd_verify(args: argparse.Namespace, out: Any) -> int:
+def cmd_verify(args: argparse.Namespace, out: Out) -> int:
     from longrun.evidence.bundle import verify
 
     target: str = args.target
@@ -148,12 +153,12 @@ def cmd_verify(args: argparse.Namespace, out: Any) -> int:
     if path.is_file() or target.endswith(".json"):
         if not path.is_file():
             raise EvidenceMissing(f"no manifest at {path}")
-        report = verify(path, bundle, job_files_root=_root(args) if args.disk else None)
+        report = verify(path, bundle, job_files_root=job_root(args) if args.disk else None)
         return _report(report, out, label=str(path))
     from longrun.evidence.bundle import bundle_paths
     from longrun.journal.registry import find_job
 
-    root = _root(args)
+    root = job_root(args)
     record = find_job(root, target)
     if args.strict:
         return _verify_strict(root, record, out)
@@ -164,7 +169,7 @@ def cmd_verify(args: argparse.Namespace, out: Any) -> int:
     return _report(report, out, label=f"{record.name} ({record.job_id})")
 
 
-def _verify_strict(root: Path, record: Any, out: Any) -> int:
+def _verify_strict(root: Path, record: Any, out: Out) -> int:
     """``verify JOB --strict``: exit 0 only when the strict completion contract holds (or is waived)."""
     from datetime import UTC, datetime
 
@@ -211,7 +216,7 @@ def _verify_s3(uri: str, tmp: Path, endpoint_url: str | None):
     return verify(manifest, tar)
 
 
-def _report(report: Any, out: Any, *, label: str) -> int:
+def _report(report: Any, out: Out, *, label: str) -> int:
     if out.json:
         print(json.dumps(report.to_dict(), sort_keys=True))
         return EXIT_OK if report.ok else EXIT_FAILED

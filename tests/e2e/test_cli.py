@@ -330,7 +330,7 @@ def test_bad_evidence_store_is_refused_before_anything_runs(tmp_path, store, cod
 
 def test_main_sets_the_offline_prefect_defaults_for_every_command(tmp_path, monkeypatch, capsys):
     """``longrun evidence`` and the rest load Prefect only after these are set; the user's values win."""
-    import longrun.cli.main as cli
+    from longrun.cli import main as cli
 
     monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
     monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "DEBUG")
@@ -419,12 +419,13 @@ def test_every_stable_error_code_is_documented_with_its_exit_code():
 )
 def test_main_exits_with_the_code_s_exit(code, exit, monkeypatch, capsys):
     """``main`` maps a LongrunError through the one table (codes that never end a command, and unknown ones: 1)."""
-    import longrun.cli.main as cli
+    from longrun.cli import jobs
+    from longrun.cli.main import main
     from longrun.errors import LongrunError
 
     def boom(args, out):
         raise LongrunError("boom", code=code)
 
-    monkeypatch.setattr(cli, "cmd_status", boom)  # main() builds its parser, and binds fn, when called
-    assert cli.main(["status", "x"]) == exit
+    monkeypatch.setattr(jobs, "cmd_status", boom)  # main() builds its parser, and binds fn, when called
+    assert main(["status", "x"]) == exit
     assert capsys.readouterr().err == f"{code}: boom\n"

@@ -30,9 +30,9 @@ from longrun.flows.deploy import (
     ENTRYPOINT_MODULE,
     ScheduleSpec,
     intended_run_key,
-    next_run_times,
     plan_deployment,
 )
+from longrun.flows.deploy_runner import next_run_times
 from longrun.journal.local import Journal
 from longrun.spec import load_spec
 from longrun.storage.paths import JobPaths

@@ -1,0 +1,63 @@
+"""Running a job's flow in this process, and resuming a paused flow run: the Prefect side of ``longrun run/resume/approve``.
+
+The CLI imports this module only when it runs or resumes a flow, so the
+read-only commands never import Prefect. What the CLI gets back is plain data
+(``FlowRunEnd``), not a Prefect state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect import tags
+from prefect.flow_runs import resume_flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from longrun.flows.job import job_flow
+from longrun.spec.loader import LoadedSpec
+
+__all__ = ["FlowRunEnd", "resume_paused_run", "run_job_flow"]
+
+
+@dataclass(frozen=True)
+class FlowRunEnd:
+    """How the flow run of ``run_job_flow`` ended, as Prefect saw it (the journal says how the job ended)."""
+
+    completed: bool
+    message: str
+    flow_run_id: str | None
+
+
+def run_job_flow(loaded: LoadedSpec, root: Path, *, job_id: str | None = None, force: bool = False) -> FlowRunEnd:
+    """Run the job's flow (tagged ``longrun`` plus the spec's tags) here until it returns.
+
+    ``job_id`` names an already registered job (resume). A ``KeyboardInterrupt``
+    propagates: the caller says how to resume.
+    """
+    flow = job_flow(loaded)
+    source = str(loaded.source) if loaded.source else None
+    with tags("longrun", *loaded.spec.tags):
+        state = flow(
+            spec=json.loads(loaded.canonical), root=str(root), source=source, job_id=job_id, force=force, return_state=True
+        )
+    flow_run_id = state.state_details.flow_run_id
+    return FlowRunEnd(
+        completed=state.is_completed(),
+        message=state.message or "",
+        flow_run_id=str(flow_run_id) if flow_run_id else None,
+    )
+
+
+def resume_paused_run(flow_run_id: str, api_url: str | None, run_input: dict[str, Any]) -> None:
+    """Resume a flow run paused for an approval with ``run_input``, on the server at ``api_url`` if given.
+
+    Raises whatever Prefect raises when the run is not paused (any more) or the
+    server is gone; the caller falls back to the journal.
+    """
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
+    with temporary_settings(updates=updates):
+        resume_flow_run(UUID(flow_run_id), run_input=run_input)

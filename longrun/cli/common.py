@@ -1,0 +1,88 @@
+"""What every ``longrun`` command shares: exit codes, output, the job root.
+
+Exit codes are stable:
+
+====  ===========================================================
+0     success; for ``run``/``resume``: the job COMPLETED
+1     the job FAILED, or an unexpected internal error
+2     bad input: ``job_invalid_spec``, ``job_not_found``, bad usage
+3     the job STOPPED (max iterations, wall time, stop file, no progress)
+4     the job STOPPED_BUDGET (budget governor)
+5     the job was REJECTED at an approval
+6     the job is WAITING_APPROVAL
+7     evidence upload failed (``evidence_upload_failed``); the local bundle is
+      kept and ``longrun evidence push JOB`` retries
+130   interrupted (Ctrl-C); the job can be resumed
+====  ===========================================================
+
+1, 2 and 7 are defined in ``longrun.errors`` (``exit_code_for`` maps an error
+code to them); the others are a job's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from longrun.errors import EXIT_BAD_INPUT, EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_EVIDENCE_UPLOAD_FAILED",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_REJECTED",
+    "EXIT_STOPPED",
+    "EXIT_STOPPED_BUDGET",
+    "EXIT_WAITING",
+    "PREFECT_DEFAULTS",
+    "STATUS_EXIT",
+    "Out",
+    "job_root",
+]
+
+EXIT_OK = 0
+EXIT_STOPPED = 3
+EXIT_STOPPED_BUDGET = 4
+EXIT_REJECTED = 5
+EXIT_WAITING = 6
+EXIT_INTERRUPTED = 130
+
+#: A job's status → the exit code of ``run``/``resume`` (also for a job that is already over).
+STATUS_EXIT = {
+    "COMPLETED": EXIT_OK,
+    "FAILED": EXIT_FAILED,
+    "STOPPED": EXIT_STOPPED,
+    "STOPPED_BUDGET": EXIT_STOPPED_BUDGET,
+    "REJECTED": EXIT_REJECTED,
+    "WAITING_APPROVAL": EXIT_WAITING,
+}
+
+#: Defaults for the embedded Prefect server; the user's environment wins.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+}
+
+
+class Out:
+    """Where a command's result goes: a line for humans, or one JSON document with ``--json``."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def emit(self, human: str, machine: Any) -> None:
+        if self.json:
+            print(json.dumps(machine, sort_keys=True, default=str))
+        else:
+            print(human)
+
+
+def job_root(args: argparse.Namespace) -> Path:
+    """The job root holding ``.maestro/``: ``--root``, else ``$LONGRUN_ROOT``, else the current directory."""
+    return Path(getattr(args, "root", None) or os.environ.get("LONGRUN_ROOT") or ".").resolve()

@@ -1,0 +1,151 @@
+"""``longrun run`` and ``longrun resume``: run a job's flow in this process.
+
+Prefect is imported (through ``longrun.flows.runner``) only once the job is
+known to need a run: a COMPLETED or REJECTED job, a bad spec or a failed
+preflight are reported without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from longrun.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_EVIDENCE_UPLOAD_FAILED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    STATUS_EXIT,
+    Out,
+    job_root,
+)
+from longrun.errors import LongrunError, exit_code_for
+
+__all__ = ["PARSERS", "cmd_resume", "cmd_run"]
+
+
+def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None, force: bool = False) -> int:
+    """Run the job's flow in this process and report its outcome from the journal."""
+    from longrun.engine.preflight import preflight
+    from longrun.journal.registry import find_job
+
+    preflight(loaded, root, loaded.source.parent if loaded.source else None)
+    from longrun.flows.runner import run_job_flow
+
+    try:
+        end = run_job_flow(loaded, root, job_id=job_id, force=force)
+    except KeyboardInterrupt:
+        print("interrupted; resume with: longrun resume " + loaded.job_id, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not end.completed and end.message.startswith("job_already_running: "):
+        raise LongrunError(end.message.removeprefix("job_already_running: "), code="job_already_running")
+    record = find_job(root, loaded.job_id)
+    outcome = record.outcome(run_id=end.flow_run_id)
+    journaled = record.state()
+    if not end.completed and (not journaled.is_terminal or journaled.status == "FAILED"):
+        # The journal is the record; Prefect's state only matters when the
+        # journal could not say how the run ended (a crash). A pause that timed
+        # out fails the flow run in Prefect but leaves the job WAITING_APPROVAL.
+        failure = record.last_failure()
+        outcome.update(failure or {"code": "run_crashed", "message": end.message or "the job flow crashed"})
+        outcome["status"] = "FAILED"
+    evidence = record.state().evidence or {}
+    failed, uploaded = evidence.get("upload_failed"), evidence.get("uploaded")
+    if failed and (not uploaded or failed["ts"] > uploaded["ts"]):
+        outcome["evidence_upload_failed"] = dict(failed)
+    _print_outcome(outcome, out)
+    if outcome["status"] == "FAILED" and exit_code_for(outcome.get("code")) == EXIT_BAD_INPUT:
+        return EXIT_BAD_INPUT
+    if outcome["status"] == "COMPLETED" and "evidence_upload_failed" in outcome:
+        # The job is done and its bundle is kept locally; only the upload must be retried.
+        print(f"evidence upload failed; retry with: longrun evidence push {loaded.job_id}", file=sys.stderr)
+        return EXIT_EVIDENCE_UPLOAD_FAILED
+    return STATUS_EXIT.get(outcome["status"], EXIT_FAILED)
+
+
+def _print_outcome(outcome: dict[str, Any], out: Out) -> None:
+    human = f"{outcome['name']} ({outcome['job_id']}): {outcome['status']}"
+    if outcome.get("code"):
+        human += f" [{outcome['code']}: {outcome['message']}]"
+    elif outcome.get("reason"):
+        human += f" [{outcome['reason']}]"
+    human += f" after {outcome['iterations']} iteration(s), ${outcome['usd']:.4f}, {outcome['tokens']} tokens"
+    out.emit(human, outcome)
+
+
+def _already_over(record, state, out: Out) -> int | None:
+    """A COMPLETED or REJECTED job runs nothing: report it (and its exit code) without starting Prefect."""
+    if state.status not in ("COMPLETED", "REJECTED"):
+        return None
+    _print_outcome(record.outcome(), out)
+    return STATUS_EXIT[state.status]
+
+
+def _registered_source(record) -> str | None:
+    for event in record.journal.read():
+        if event.type == "job_registered":
+            return event.payload.source
+    return None
+
+
+def cmd_run(args: argparse.Namespace, out: Out) -> int:
+    from longrun.journal.registry import find_job
+    from longrun.spec import load_spec
+
+    root = job_root(args)
+    loaded = load_spec(args.path)
+    try:
+        record = find_job(root, loaded.job_id)
+    except LongrunError:
+        record = None
+    if record is not None and (code := _already_over(record, record.state(), out)) is not None:
+        return code
+    return _run_flow(loaded, root, out, force=args.force)
+
+
+def cmd_resume(args: argparse.Namespace, out: Out) -> int:
+    from longrun import atomicio
+    from longrun.journal.registry import find_job
+
+    root = job_root(args)
+    record = find_job(root, args.job)
+    if (code := _already_over(record, record.state(), out)) is not None:
+        return code
+    loaded = record.load()
+    # The source spec (for the workspace template) is recorded at registration.
+    source = _registered_source(record)
+    if source is not None:
+        from dataclasses import replace
+
+        loaded = replace(loaded, source=Path(source))
+    if atomicio.remove(record.paths.job_stop_file):
+        print(f"removed stop file {record.paths.job_stop_file}", file=sys.stderr)
+    root_stop = root / ".maestro" / "STOP"
+    if root_stop.exists():
+        print(f"note: the root-wide stop file {root_stop} is present; the job stops again until it is removed", file=sys.stderr)
+    return _run_flow(loaded, root, out, job_id=record.job_id, force=args.force)
+
+
+# ---------------------------------------------------------------- parsers
+
+_FORCE_HELP = "start even if the journal says another run of this job is alive"
+
+
+def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("run", parents=[common], help="run (or continue) the job a spec describes")
+    s.add_argument("path", metavar="PATH")
+    s.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    s.set_defaults(fn=cmd_run)
+
+
+def _add_resume(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("resume", parents=[common], help="continue a stopped or crashed job")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    s.set_defaults(fn=cmd_resume)
+
+
+#: Command name → the function that adds its subparser (``longrun.cli.main`` orders them).
+PARSERS = {"run": _add_run, "resume": _add_resume}
