@@ -20,6 +20,7 @@ Run: ``python bench/iterations.py [--prefect] [N ...]`` (default N: 10 200 1000)
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import sys
@@ -144,7 +145,7 @@ def per_iteration(root: Path) -> dict[int, float]:
 
     events_file = next(jobs_dir(root).iterdir()) / "events.jsonl"
     starts = [e.ts for e in Journal(events_file).read() if e.type == "iteration_started"]
-    return {i + 1: (b - a).total_seconds() for i, (a, b) in enumerate(zip(starts, starts[1:], strict=False))}
+    return {i + 1: (b - a).total_seconds() for i, (a, b) in enumerate(itertools.pairwise(starts))}
 
 
 def raw_fsync_lines(lines_per_iteration: int, iterations: int, tmp: Path) -> float:

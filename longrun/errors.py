@@ -52,6 +52,8 @@ class LongrunError(Exception):
             self.code = code
         self.message = message
         self.retryable = retryable
+        #: Set once the failure is in the job's journal (as ``run_failed``), so no caller journals it twice.
+        self.journaled = False
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message}

@@ -32,7 +32,8 @@ def finish(s: Session) -> None:
     if rt.spec.mode == "strict" and s.state.status == "COMPLETED":
         report = strict_report(rt.root, rt.job_id, s.state, rt.spec, s.now())
         if report.ok:
-            s.say("strict: completion contract holds" + (f" (waived by {report.waiver.approved_by})" if report.waived else ""))
+            waived = f" (waived by {report.waiver.approved_by})" if report.waived and report.waiver is not None else ""
+            s.say("strict: completion contract holds" + waived)
         else:
             s.emit("run_failed", {"code": "strict_contract_failed", "message": "; ".join(report.problems)})
             s.say("strict: completion contract FAILED: " + "; ".join(report.problems))

@@ -18,6 +18,7 @@ import fnmatch
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from longrun import atomicio
 from longrun.errors import LongrunError
@@ -26,7 +27,8 @@ from longrun.execution.junit import empty_report, parse_junit
 from longrun.execution.process import run_command
 from longrun.execution.runtime import JobRuntime
 from longrun.execution.stages import argv_values, check_tool, expand_argv
-from longrun.spec.compile import PlannedGate
+from longrun.spec.compile import PlannedGate, ScopeGate
+from longrun.spec.models import ApprovalGate, ArtifactExistsGate, FileChangedGate, TestPassGate, _CommandGate
 from longrun.storage.paths import safe_join
 
 
@@ -43,17 +45,18 @@ def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInpu
     started = time.monotonic()
     gate = pg.gate
     kind = gate.kind
-    if kind in ("command_pass", "build_pass", "test_pass"):
-        passed, evidence = _command_gate(rt, pg, iteration)
-    elif kind == "file_changed":
+    evidence: dict[str, Any]
+    if isinstance(gate, _CommandGate):
+        passed, evidence = _command_gate(rt, gate, iteration)
+    elif isinstance(gate, FileChangedGate):
         matched = sorted(p for p in inp.changed_paths if fnmatch.fnmatch(p, gate.pattern))
         passed, evidence = bool(matched), {"pattern": gate.pattern, "matched": matched}
-    elif kind == "artifact_exists":
+    elif isinstance(gate, ArtifactExistsGate):
         target = safe_join(rt.workspace, gate.path, what=f"gate {gate.id} path")
         passed, evidence = target.exists(), {"path": gate.path}
-    elif kind == "scope":
+    elif isinstance(gate, ScopeGate):
         passed, evidence = not inp.out_of_scope, {"scope_paths": list(rt.spec.scope_paths), "matched": list(inp.out_of_scope)}
-    elif kind == "approval":
+    elif isinstance(gate, ApprovalGate):
         passed, evidence = False, {"step": gate.step, "reason": "awaiting an approval event"}
     else:  # pragma: no cover - the spec's discriminated union forbids it
         raise LongrunError(f"unknown gate kind {kind!r}", code="gate_unknown")
@@ -69,15 +72,14 @@ def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInpu
     )
 
 
-def _command_gate(rt: JobRuntime, pg: PlannedGate, iteration: int) -> tuple[bool, dict]:
-    gate = pg.gate
+def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[bool, dict[str, Any]]:
     check_tool(rt, gate.run, gate.shell, f"gate {gate.id!r}")
     it_dir = rt.paths.iteration_dir(iteration)
     env = rt.base_env(iteration, extra=gate.env)
     env.update({"LONGRUN_GATE": gate.id, "LONGRUN_STAGE": f"gate:{gate.id}"})
     extra: dict[str, str] = {}
     junit: Path | None = None
-    if gate.kind == "test_pass":
+    if isinstance(gate, TestPassGate):
         if gate.junit_xml is not None:
             junit = safe_join(rt.workspace, gate.junit_xml, what=f"gate {gate.id} junit_xml")
         else:
@@ -103,7 +105,7 @@ def _command_gate(rt: JobRuntime, pg: PlannedGate, iteration: int) -> tuple[bool
         "log": str(log),
         "log_range": [result.log_offset_start, result.log_offset_end],
     }
-    if gate.kind != "test_pass":
+    if not isinstance(gate, TestPassGate) or junit is None:
         return result.ok, evidence
     try:
         report = parse_junit(junit)

@@ -254,7 +254,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _start_failure(exc: OSError, executable: str, cwd: Path) -> tuple[int | None, str]:
+def _start_failure(exc: OSError, executable: str, cwd: Path) -> tuple[int | None, str | None]:
     """Map an exception from Popen to (exit_code, error) in the shell's convention."""
     if not Path(cwd).is_dir():
         return None, f"working directory not found: {cwd}"

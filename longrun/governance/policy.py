@@ -42,10 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from longrun.journal.events import escalation_step
+from longrun.journal.payloads import escalation_step
 from longrun.journal.state import RunState
 from longrun.spec.compile import PlannedGate
-from longrun.spec.models import FailurePolicy
+from longrun.spec.models import ApprovalGate, FailurePolicy
 
 __all__ = [
     "IterationVerdict",
@@ -208,12 +208,12 @@ def judge_iteration(
         if not pg.required:
             continue
         result = results.get(pg.id)
-        if pg.kind == "approval":
-            step = pg.gate.step
-            if (result is not None and result["passed"]) or approval_status(state, step) == "approved":
+        if isinstance(pg.gate, ApprovalGate):
+            approval_step = pg.gate.step
+            if (result is not None and result["passed"]) or approval_status(state, approval_step) == "approved":
                 continue
             if waiting is None:
-                waiting = (pg.id, step)
+                waiting = (pg.id, approval_step)
             continue
         if result is not None and result["passed"]:
             continue

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from longrun import atomicio
 from longrun.errors import JobNotFound
-from longrun.journal.events import RunStarted
 from longrun.journal.local import Journal
+from longrun.journal.payloads import RunFailed, RunStarted
 from longrun.journal.state import RunState
 from longrun.spec.loader import LoadedSpec, load_canonical
 from longrun.storage.paths import JOB_ID_RE, JobPaths, jobs_dir
@@ -41,7 +41,7 @@ class JobRecord:
     def last_failure(self) -> dict | None:
         """Code and message of the last ``run_failed`` event, if the job failed."""
         for event in reversed(self.journal.read()):
-            if event.type == "run_failed":
+            if isinstance(event.payload, RunFailed):
                 return {"code": event.payload.code, "message": event.payload.message}
         return None
 

@@ -46,7 +46,8 @@ from enum import StrEnum
 from typing import Any
 
 from longrun.errors import JournalCorrupt
-from longrun.journal.events import EVENT_TYPES, ApprovalRequested, Event, RunStarted, format_ts
+from longrun.journal.events import EVENT_TYPES, Event
+from longrun.journal.payloads import ApprovalRequested, RunStarted, format_ts
 
 __all__ = ["TERMINAL", "FrozenDict", "RunState", "Status", "UsageEntry", "apply", "replay"]
 
@@ -221,20 +222,20 @@ class _Fold:
         if name not in self._thawed:
             self.v[name] = list(self.v[name])
             self._thawed.add(name)
-        return self.v[name]  # type: ignore[no-any-return]
+        return self.v[name]  # type: ignore[no-any-return,unused-ignore]
 
     def _map(self, name: str) -> dict[Any, Any]:
         if name not in self._thawed:
             self.v[name] = dict(self.v[name])
             self._thawed.add(name)
-        return self.v[name]  # type: ignore[no-any-return]
+        return self.v[name]  # type: ignore[no-any-return,unused-ignore]
 
     def _inner(self, name: str, key: Any) -> dict[Any, Any]:
         outer = self._map(name)
         if (name, key) not in self._thawed_inner:
             outer[key] = dict(outer.get(key, _EMPTY))
             self._thawed_inner.add((name, key))
-        return outer[key]  # type: ignore[no-any-return]
+        return outer[key]  # type: ignore[no-any-return,unused-ignore]
 
     def freeze(self) -> RunState:
         v = dict(self.v)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
@@ -61,7 +61,7 @@ class RetryPolicy(_Model):
     delay_seconds: float = Field(0, ge=0, le=3600, description="Pause between attempts.")
     # Not "on": YAML 1.1 reads a bare `on:` key as the boolean true.
     when: list[Literal["timeout", "nonzero"]] = Field(
-        default_factory=lambda: ["timeout"],
+        default_factory=lambda: ["timeout"],  # type: ignore[arg-type]
         description="Which outcomes count as a failed attempt worth retrying.",
     )
 
@@ -292,7 +292,7 @@ class Lineage(_Model):
 
 
 class JobSpec(_Model):
-    version: Literal["longrun/v1"] = SPEC_VERSION
+    version: Literal["longrun/v1"] = SPEC_VERSION  # type: ignore[assignment]
     name: str = Field(..., pattern=NAME_PATTERN, description="Job name; the Prefect flow is named after it.")
     goal: str = Field(..., min_length=1)
     workspace: Workspace = Field(default_factory=Workspace)
@@ -343,14 +343,22 @@ class JobSpec(_Model):
         return self.model_policy.select_model_for_phase(phase)
 
 
-def cross_check(data: dict) -> list[tuple[str, str]]:
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _as_dict(value: Any) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Checks that span fields: unique ids, known ``depends_on``, allowed tools, no cycles.
 
     Tolerant of malformed input, so the loader can run it on raw data even when
     field validation failed and still report every problem at once.
     """
     errors: list[tuple[str, str]] = []
-    stages = data.get("stages") if isinstance(data.get("stages"), list) else []
+    stages = _as_list(data.get("stages"))
     tools = data.get("allowed_tools")
     allowed = {t for t in tools if isinstance(t, str)} if isinstance(tools, list) else None
 
@@ -373,7 +381,7 @@ def cross_check(data: dict) -> list[tuple[str, str]]:
     for i, st in enumerate(stages):
         if not isinstance(st, dict):
             continue
-        deps = st.get("depends_on") if isinstance(st.get("depends_on"), list) else []
+        deps = _as_list(st.get("depends_on"))
         for j, dep in enumerate(deps):
             if dep not in seen:
                 errors.append((f"stages[{i}].depends_on[{j}]", f"unknown stage {dep!r}"))
@@ -381,10 +389,10 @@ def cross_check(data: dict) -> list[tuple[str, str]]:
                 errors.append((f"stages[{i}].depends_on[{j}]", "a stage cannot depend on itself"))
         if (why := argv0_refused(st)) is not None:
             errors.append((f"stages[{i}].run[0]", why))
-    gates = data.get("quality_gates") if isinstance(data.get("quality_gates"), dict) else {}
+    gates = _as_dict(data.get("quality_gates"))
     gate_ids: dict[str, str] = {}
     for group in ("required", "optional"):
-        items = gates.get(group) if isinstance(gates.get(group), list) else []
+        items = _as_list(gates.get(group))
         for i, g in enumerate(items):
             if not isinstance(g, dict):
                 continue
@@ -396,7 +404,7 @@ def cross_check(data: dict) -> list[tuple[str, str]]:
                 gate_ids.setdefault(gid, where)
             if (why := argv0_refused(g)) is not None:
                 errors.append((f"{where}.run[0]", why))
-    approvals = data.get("approvals") if isinstance(data.get("approvals"), list) else []
+    approvals = _as_list(data.get("approvals"))
     for i, a in enumerate(approvals):
         if isinstance(a, dict) and isinstance(a.get("before"), str) and a["before"] not in seen:
             errors.append((f"approvals[{i}].before", f"unknown stage {a['before']!r}"))
@@ -410,7 +418,7 @@ def cross_check(data: dict) -> list[tuple[str, str]]:
 
 def _not_escalating(data: dict, gates: dict, gate_id: str) -> str | None:
     """Why ``gate_id`` cannot be escalated (None: it is a required gate whose on_failure escalates)."""
-    required = gates.get("required") if isinstance(gates.get("required"), list) else []
+    required = _as_list(gates.get("required"))
     gate = next((g for g in required if isinstance(g, dict) and g.get("id") == gate_id), None)
     if gate is None:
         return f"unknown required gate {gate_id!r}"

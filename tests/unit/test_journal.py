@@ -15,9 +15,12 @@ from pydantic import ValidationError
 
 from longrun.errors import EventVersionUnsupported, JournalCorrupt
 from longrun.journal import events as ev_mod
-from longrun.journal.events import EVENT_VERSION, RunFailed, StageFinishedEvent, build_event, parse_event
+from longrun.journal.events import EVENT_TYPES, EVENT_VERSION, build_event, parse_event
 from longrun.journal.local import Journal
+from longrun.journal.payloads import RunFailed
 from longrun.journal.state import replay
+
+StageFinishedEvent = EVENT_TYPES["stage_finished"]
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "journals"
 JOB = "0123456789ab"
