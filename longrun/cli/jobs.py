@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     state = record.state()
     d = _state_dict(record, state)
     gates = state.gate_results.get(state.iteration, {})
-    d["gates"] = {name: bool(g["passed"]) for name, g in gates.items()}
+    d["gates"] = {name: g.passed for name, g in gates.items()}
     human = [
         f"{record.name} ({record.job_id})",
         f"  status      {d['status']}" + (f" [{d['reason']}]" if d["reason"] else ""),
@@ -234,8 +234,8 @@ def _event_line(event) -> str:
 
 
 def cmd_tail(args: argparse.Namespace, out: Out) -> int:
+    from longrun.journal.fold import apply, replay
     from longrun.journal.registry import find_job, last_run_started, live_local_pid
-    from longrun.journal.state import apply, replay
 
     record = find_job(job_root(args), args.job)
     journal = record.journal

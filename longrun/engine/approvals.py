@@ -28,8 +28,8 @@ Decision = Literal["approved", "rejected", "timeout"]
 def decided(state: RunState, step: str, iteration: int) -> str | None:
     """``approved``/``rejected`` if ``step`` was decided for this ``iteration``."""
     record = state.approvals.get(step)
-    if record is not None and record.get("iteration") == iteration:
-        return str(record["decision"])
+    if record is not None and record.iteration == iteration:
+        return record.decision
     return None
 
 
@@ -99,7 +99,7 @@ def ask(e: Engine, step: str, iteration: int, what: str) -> Decision:
     if journaled is not None:
         decision: Decision = "approved" if journaled == "approved" else "rejected"
         record = s.state.approvals[step]
-        who, comment = str(record.get("approver")), record.get("comment") or ""
+        who, comment = record.approver, record.comment or ""
     else:
         assert answer is not None
         decision = "approved" if answer.decision == "approve" else "rejected"
@@ -131,5 +131,5 @@ def describe(s: Session, step: str, iteration: int, *, what: str) -> str:
     gates = state.gate_results.get(iteration, {})
     if gates:
         lines += ["", "| gate | result |", "|---|---|"]
-        lines += [f"| {g} | {'PASS' if r['passed'] else 'FAIL'} |" for g, r in gates.items()]
+        lines += [f"| {g} | {'PASS' if r.passed else 'FAIL'} |" for g, r in gates.items()]
     return "\n".join(lines)

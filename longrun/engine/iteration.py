@@ -198,5 +198,5 @@ def _out_of_scope(state: RunState, iteration: int, now: list[str]) -> tuple[str,
     """Every path found outside scope after any stage of the iteration, or at its end."""
     seen = set(now)
     for payload in state.stage_results.get(iteration, {}).values():
-        seen.update(payload.get("out_of_scope") or ())
+        seen.update(payload.out_of_scope or ())
     return tuple(sorted(seen))

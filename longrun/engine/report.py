@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from longrun.execution.checkpoint import GateResult, StageResult, UsageRecord
+from longrun.journal.payloads import StageFinished
 
 
 def stage_payload(result: StageResult, out_of_scope: list[str] | None = None) -> dict[str, Any]:
@@ -26,22 +27,21 @@ def stage_payload(result: StageResult, out_of_scope: list[str] | None = None) ->
     return payload
 
 
-def stage_from_journal(job_id: str, argv: list[str], finished: Mapping[str, Any]) -> StageResult:
+def stage_from_journal(job_id: str, argv: list[str], finished: StageFinished) -> StageResult:
     """A finished stage as the journal records it (its record may be gone: a skipped stage has none)."""
-    usage = finished.get("usage") or {}
     return StageResult(
         job_id=job_id,
-        iteration=finished["iteration"],
-        stage=finished["stage"],
-        phase=finished.get("phase"),
-        model=finished["model"],
+        iteration=finished.iteration,
+        stage=finished.stage,
+        phase=finished.phase,
+        model=finished.model,
         argv=argv,
-        exit_code=finished.get("exit_code"),
-        timed_out=bool(finished.get("timed_out", False)),
-        duration_s=float(finished.get("duration_s", 0.0)),
-        attempts=int(finished.get("attempts", 1)),
-        usage=UsageRecord(usd=usage.get("usd", 0.0), tokens=usage.get("tokens", 0), model=usage.get("model")),
-        error=finished.get("error"),
+        exit_code=finished.exit_code,
+        timed_out=finished.timed_out,
+        duration_s=finished.duration_s,
+        attempts=finished.attempts,
+        usage=UsageRecord(usd=finished.usage.usd, tokens=finished.usage.tokens, model=finished.usage.model),
+        error=finished.error,
     )
 
 

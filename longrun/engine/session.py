@@ -19,8 +19,9 @@ from longrun.engine.ports import ApproverPort, Clock, Executor, JournalPort, Liv
 from longrun.execution.runtime import JobRuntime
 from longrun.governance.lineage import LineageSpend
 from longrun.journal.events import Event
+from longrun.journal.fold import apply, replay
 from longrun.journal.registry import outcome_dict
-from longrun.journal.state import RunState, apply, replay
+from longrun.journal.state import RunState
 
 
 class SystemClock:

@@ -48,7 +48,9 @@ from typing import Any, BinaryIO
 from longrun import atomicio
 from longrun.errors import EvidenceMismatch, EvidenceMissing, JournalCorrupt, LongrunError, PathEscape
 from longrun.journal.events import Event, format_ts, parse_event
-from longrun.journal.state import RunState, replay
+from longrun.journal.fold import replay
+from longrun.journal.payloads import GateEvaluated
+from longrun.journal.state import RunState
 from longrun.storage.paths import MAESTRO, JobPaths, check_job_id, safe_join
 
 __all__ = [
@@ -426,9 +428,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _gate_summary(gate: Mapping[str, Any]) -> dict[str, Any]:
-    evidence = gate.get("evidence") or {}
-    out = {"kind": gate.get("kind"), "required": bool(gate.get("required")), "passed": bool(gate.get("passed"))}
+def _gate_summary(gate: GateEvaluated) -> dict[str, Any]:
+    evidence = gate.evidence
+    out: dict[str, Any] = {"kind": gate.kind, "required": gate.required, "passed": gate.passed}
     summary = {k: evidence[k] for k in _GATE_SUMMARY_KEYS if k in evidence}
     if summary:
         out["evidence"] = summary

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longrun.errors import LongrunError, Problem, SpecError
+from longrun.journal.fold import apply
 from longrun.journal.local import Journal
 from longrun.journal.registry import JobRecord, list_jobs
-from longrun.journal.state import RunState, apply
+from longrun.journal.state import RunState
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, load_spec, validate_spec_data
 from longrun.spec.models import Lineage
 from longrun.storage.paths import JOB_ID_RE, JobPaths, check_job_id, jobs_dir, safe_join

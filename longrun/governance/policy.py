@@ -84,7 +84,7 @@ def gate_failures(state: RunState, gate_id: str, *, after_iteration: int = 0) ->
 def policy_failures(state: RunState, gate_id: str) -> int:
     """The count :func:`decide` takes: failures since the last approved escalation of the gate."""
     record = state.approvals.get(escalation_step(gate_id))
-    after = int(record["iteration"] or 0) if record is not None and record["decision"] == "approved" else 0
+    after = int(record.iteration or 0) if record is not None and record.decision == "approved" else 0
     return gate_failures(state, gate_id, after_iteration=after)
 
 
@@ -118,7 +118,7 @@ def decide(
 def approval_status(state: RunState, step: str) -> Literal["approved", "rejected", "pending"]:
     """The last decision journaled for approval ``step``, or ``pending``."""
     record = state.approvals.get(step)
-    return "pending" if record is None else record["decision"]
+    return "pending" if record is None else record.decision  # type: ignore[return-value]
 
 
 def blocking_approval(state: RunState) -> str | None:
@@ -210,12 +210,12 @@ def judge_iteration(
         result = results.get(pg.id)
         if isinstance(pg.gate, ApprovalGate):
             approval_step = pg.gate.step
-            if (result is not None and result["passed"]) or approval_status(state, approval_step) == "approved":
+            if (result is not None and result.passed) or approval_status(state, approval_step) == "approved":
                 continue
             if waiting is None:
                 waiting = (pg.id, approval_step)
             continue
-        if result is not None and result["passed"]:
+        if result is not None and result.passed:
             continue
         if pg.id in skipped_before:  # decided (and journaled) before a restart
             decisions[pg.id] = PolicyDecision("skip", skipped_before[pg.id], 0)

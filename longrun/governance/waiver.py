@@ -194,7 +194,7 @@ def _gate_problems(state: RunState, required_gates: Iterable[str] | None) -> lis
     skips = state.gate_skips.get(last, {})
     problems: list[str] = []
     for gate, result in sorted(results.items()):
-        if not result["required"] or result["passed"]:
+        if not result.required or result.passed:
             continue
         if gate in skips:
             problems.append(f"iteration {last}: required gate {gate!r} was skipped by policy, not passed")

@@ -28,8 +28,9 @@ from typing import Any
 from longrun import atomicio
 from longrun.errors import EventVersionUnsupported, JournalCorrupt
 from longrun.journal.events import Event, build_event, parse_event
+from longrun.journal.fold import replay
 from longrun.journal.payloads import Payload
-from longrun.journal.state import RunState, replay
+from longrun.journal.state import RunState
 
 __all__ = ["JOURNAL_NAME", "Journal", "utc_now"]
 

@@ -9,6 +9,7 @@ that do not set it keep their exact bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -17,6 +18,33 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializ
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 
 StopReason = Literal["max_iterations", "max_wall_time", "stop_file", "no_progress"]
+
+
+class FrozenDict(dict):
+    """A read-only dict: equal to, and JSON-serialisable like, a plain dict; picklable."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("RunState mappings are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+    __ior__ = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+
+def freeze(value: Any) -> Any:
+    """Deep-freeze JSON-like data: dicts become FrozenDict, lists become tuples."""
+    if isinstance(value, Mapping):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
 
 
 def format_ts(ts: datetime) -> str:
@@ -31,6 +59,14 @@ class Payload(BaseModel):
 
     #: Optional fields added to a type after it was first written: not written while None.
     omit_if_none: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _freeze_mappings(self) -> Payload:
+        """Mapping fields become read-only all the way down (a payload is a record in the state)."""
+        for name, value in self.__dict__.items():
+            if isinstance(value, dict) and not isinstance(value, FrozenDict):
+                object.__setattr__(self, name, freeze(value))
+        return self
 
 
 class Usage(Payload):
@@ -81,7 +117,9 @@ class StageFinished(Payload):
     attempts: int = Field(1, ge=0, description="0 when the stage was skipped (a dependency failed)")
     usage: Usage = Field(default_factory=Usage)
     error: str | None = Field(None, description="Why the command did not run or was killed, if it did not exit by itself.")
-    out_of_scope: list[str] | None = Field(None, description="Paths changed outside scope_paths, seen right after this stage.")
+    out_of_scope: tuple[str, ...] | None = Field(
+        None, description="Paths changed outside scope_paths, seen right after this stage."
+    )
 
     omit_if_none: ClassVar[frozenset[str]] = frozenset({"error", "out_of_scope"})
 
@@ -214,14 +252,14 @@ class PatchesApplied(Payload):
     """``longrun apply``: a worktree job's exported patches were applied to the main tree with ``git am``."""
 
     repo: str = Field(description="The main tree the patches went to.")
-    patches: list[str] = Field(description="Patch file names, in the order applied.")
+    patches: tuple[str, ...] = Field(description="Patch file names, in the order applied.")
     head: str = Field(pattern=r"^[0-9a-f]{40}$", description="The main tree's HEAD after git am.")
 
 
 class Pruned(Payload):
     """``longrun prune`` removed checkpoint iterations (kept in the evidence bundle) and/or the job's worktree."""
 
-    iterations: list[int] = Field(description="Checkpoint iterations removed from disk.")
+    iterations: tuple[int, ...] = Field(description="Checkpoint iterations removed from disk.")
     worktree: str | None = Field(None, description="The worktree removed (its branch is kept).")
     by: str | None = None
 

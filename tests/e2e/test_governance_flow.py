@@ -634,7 +634,7 @@ def test_resumed_escalation_is_not_escalated_again(cli_env, background, tmp_path
     evs = events(tmp_path, job_id)
     assert [e.payload.iteration for e in evs if e.type == "escalated"] == [1]
     # While iteration 2 ran, the job was RUNNING, not WAITING_APPROVAL.
-    from longrun.journal.state import replay
+    from longrun.journal.fold import replay
 
     upto = [e for e in evs][: [i for i, e in enumerate(evs) if e.type == "iteration_started"][1] + 1]
     assert replay(upto).status == "RUNNING"

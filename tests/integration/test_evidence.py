@@ -25,8 +25,8 @@ from longrun.cli.main import main as cli_main
 from longrun.errors import EvidenceMismatch, EvidenceMissing, EvidenceStoreInvalid, PathEscape
 from longrun.evidence.bundle import MANIFEST_TYPE, PREDICATE_TYPE, build_bundle, bundle_paths, manifest_markdown, verify
 from longrun.evidence.publish import finalize_evidence, push_evidence
+from longrun.journal.fold import replay
 from longrun.journal.local import Journal
-from longrun.journal.state import replay
 from longrun.storage import LocalDirStore, StoredObject, resolve_store
 from longrun.storage.paths import JobPaths
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from longrun.governance.budget import BudgetGovernor, usd_in_window
 from longrun.governance.policy import blocking_approval, gate_failures, policy_failures
+from longrun.journal.fold import replay
 from longrun.journal.local import Journal
-from longrun.journal.state import TERMINAL, Status, replay
+from longrun.journal.state import TERMINAL, Decision, Status
 from longrun.spec.models import Budgets
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "journals"
@@ -64,20 +65,14 @@ def test_golden_escalation_approval_and_completion():
     approved = replay(events[:9])
     assert approved.status == Status.APPROVED and approved.pending_approval is None
     assert approved.approvals == {
-        "escalate:tests": {
-            "decision": "approved",
-            "approver": "ana",
-            "comment": "try once more",
-            "iteration": 1,
-            "ts": "2025-04-02T11:00:00.000000Z",
-        },
+        "escalate:tests": Decision("approved", "ana", "try once more", 1, "2025-04-02T11:00:00.000000Z"),
     }
     assert gate_failures(approved, "tests") == 1 and policy_failures(approved, "tests") == 0
     waiting = replay(events[:15])
     assert waiting.status == Status.WAITING_APPROVAL and waiting.pending_approval == "release"
     s = replay(events)
     assert s.status == Status.COMPLETED and s.stop_reason is None and s.pending_approval is None
-    assert s.approvals["release"]["approver"] == "bo" and s.approvals["release"]["iteration"] == 2
+    assert s.approvals["release"].approver == "bo" and s.approvals["release"].iteration == 2
     assert s.gate_skips == {1: {"lint": "gate 'lint' failed 1 time; skipped by policy"}}
     assert s.runs == ("run-1", "run-2", "run-3")
     # Waiting for a human is not active time: 10:00:01→10:00:24, 11:00:05→11:00:33, 12:00:01→12:00:02.
@@ -88,13 +83,7 @@ def test_golden_rejected():
     s = replay(golden("governance_rejected.jsonl"))
     assert s.status == Status.REJECTED and s.is_terminal and s.stop_reason == "deploy"
     assert s.pending_approval is None
-    assert s.approvals["deploy"] == {
-        "decision": "rejected",
-        "approver": "carol",
-        "comment": "wrong target",
-        "iteration": 1,
-        "ts": "2025-04-02T13:05:00.000000Z",
-    }
+    assert s.approvals["deploy"] == Decision("rejected", "carol", "wrong target", 1, "2025-04-02T13:05:00.000000Z")
     assert s.active_seconds == 9.0  # 13:00:01 → 13:00:10; the rejection came while waiting
 
 

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from longrun.errors import EventVersionUnsupported, JournalCorrupt
 from longrun.journal import events as ev_mod
 from longrun.journal.events import EVENT_TYPES, EVENT_VERSION, build_event, parse_event
+from longrun.journal.fold import replay
 from longrun.journal.local import Journal
 from longrun.journal.payloads import RunFailed
-from longrun.journal.state import replay
 
 StageFinishedEvent = EVENT_TYPES["stage_finished"]
 

@@ -211,7 +211,7 @@ def test_approval_gate_waits_then_passes_once_approved(tmp_path):
     run.emit("approved", {"step": "release", "approver": "ana", "comment": "ship it"})
     s = run.state
     assert s.status == Status.APPROVED and s.pending_approval is None and blocking_approval(s) is None
-    assert s.approvals["release"]["decision"] == "approved" and s.approvals["release"]["approver"] == "ana"
+    assert s.approvals["release"].decision == "approved" and s.approvals["release"].approver == "ana"
     run.emit("run_started", {"run_id": "run-3", "resumed": True})
     assert run.iterate().action == "complete"
     assert run.state.status == Status.COMPLETED
@@ -240,7 +240,7 @@ def test_escalation_pauses_and_an_approval_grants_fresh_retries(tmp_path):
     # A human approves (the CLI gives no iteration: the current one is recorded).
     run.emit("approved", {"step": "escalate:tests", "approver": "ana"})
     s = run.state
-    assert s.status == Status.APPROVED and s.approvals["escalate:tests"]["iteration"] == 2
+    assert s.status == Status.APPROVED and s.approvals["escalate:tests"].iteration == 2
     assert gate_failures(s, "tests") == 2 and policy_failures(s, "tests") == 0
     run.emit("run_started", {"run_id": "run-2", "resumed": True})
     assert run.iterate(tests=False).action == "retry"  # one fresh retry…
@@ -253,7 +253,7 @@ def test_approving_another_step_does_not_end_the_wait(tmp_path):
     run.emit("approved", {"step": "something-else", "approver": "ana"})
     s = run.state
     assert s.status == Status.WAITING_APPROVAL and s.pending_approval == "release"
-    assert s.approvals["something-else"]["decision"] == "approved"
+    assert s.approvals["something-else"].decision == "approved"
 
 
 def test_approval_while_running_is_recorded_without_a_status_change(tmp_path):

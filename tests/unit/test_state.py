@@ -13,12 +13,14 @@ import pickle
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from longrun.errors import JournalCorrupt
 from longrun.journal.events import build_event, parse_event
+from longrun.journal.fold import apply, replay
 from longrun.journal.local import Journal
-from longrun.journal.state import RunState, Status, apply, replay
+from longrun.journal.state import RunState, Status
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "journals"
 
@@ -42,10 +44,10 @@ def test_golden_completed_two_iterations():
     assert s.active_seconds == 190.0  # 10:00:05 → 10:03:15
     assert s.runs == ("run-1",) and s.flow_run_ids == ("fr-1",)
     assert s.stage_attempts == {(1, "plan"): 1, (1, "execute"): 2, (2, "plan"): 1, (2, "execute"): 1}
-    assert s.stage_results[1]["execute"]["attempts"] == 2
-    assert s.stage_results[1]["execute"]["usage"] == {"usd": 1.0, "tokens": 4000, "model": "big"}
-    assert s.gate_results[1]["tests"]["passed"] is False
-    assert s.gate_results[2]["tests"]["evidence"] == {"junit": {"tests": 10, "failed": 0}}
+    assert s.stage_results[1]["execute"].attempts == 2
+    assert s.stage_results[1]["execute"].usage.model_dump() == {"usd": 1.0, "tokens": 4000, "model": "big"}
+    assert s.gate_results[1]["tests"].passed is False
+    assert s.gate_results[2]["tests"].evidence == {"junit": {"tests": 10, "failed": 0}}
     assert set(s.checkpoints) == {1, 2} and set(s.checkpoints[2]) == {"diff.patch", "summary.json"}
     assert [(u.usd, u.tokens) for u in s.usage_log] == [(0.25, 1000), (1.0, 4000), (0.25, 1000), (0.5, 2500)]
     assert s.usage_log[0].ts == datetime(2025, 3, 1, 10, 0, 36, tzinfo=UTC)
@@ -139,7 +141,9 @@ def test_state_is_frozen_all_the_way_down():
     with pytest.raises(TypeError):
         s.stage_results[1]["plan"] = {}  # type: ignore[index]
     with pytest.raises(TypeError):
-        s.gate_results[1]["tests"]["evidence"]["junit"]["failed"] = 0  # type: ignore[index]
+        s.gate_results[1]["tests"].evidence["junit"]["failed"] = 0  # type: ignore[index]
+    with pytest.raises(pydantic.ValidationError):
+        s.gate_results[1]["tests"].passed = True  # type: ignore[misc]
     with pytest.raises(TypeError):
         s.checkpoints.pop(1)  # type: ignore[attr-defined]
 
@@ -147,7 +151,7 @@ def test_state_is_frozen_all_the_way_down():
 def test_state_pickles_and_serialises():
     s = replay(golden("resumed_three_runs.jsonl"))
     assert pickle.loads(pickle.dumps(s)) == s
-    assert json.loads(json.dumps(s.stage_results[1]))["plan"]["usage"]["tokens"] == 500
+    assert json.loads(s.stage_results[1]["plan"].model_dump_json())["usage"]["tokens"] == 500
 
 
 # -- transitions -------------------------------------------------------------------
@@ -213,8 +217,8 @@ def test_gate_done_and_extra_payload_fields_survive_on_read_but_are_refused_on_w
     raw = {"seq": 1, "type": "gate_evaluated", "version": "job_event_v1", "ts": "2025-01-01T00:00:00.000000Z", "job_id": JOB}
     s = replay([parse_event({**raw, "payload": payload})])
     assert s.gate_done(1, "lint") and not s.gate_done(1, "tests") and not s.gate_done(2, "lint")
-    assert s.gate_results[1]["lint"]["added_in_v1_1"] == "x"
-    assert s.gate_results[1]["lint"]["evidence"]["lines"] == (1, 2)  # lists freeze to tuples
+    assert s.gate_results[1]["lint"].model_extra["added_in_v1_1"] == "x"
+    assert s.gate_results[1]["lint"].evidence["lines"] == (1, 2)  # lists freeze to tuples
 
 
 def test_apply_rejects_out_of_order_and_foreign_events():
@@ -237,7 +241,7 @@ def test_empty_replay():
 
 def test_every_event_type_has_a_fold_handler():
     from longrun.journal.events import EVENT_TYPES
-    from longrun.journal.state import _HANDLERS
+    from longrun.journal.fold import _HANDLERS
 
     assert set(_HANDLERS) == set(EVENT_TYPES)
     assert all(callable(h) for h in _HANDLERS.values())
