@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from longrun.evidence.bundle import build_bundle, verify
+from longrun.evidence.bundle import build_bundle
+from longrun.evidence.verify import verify
 from longrun.journal.local import Journal
 from longrun.journal.registry import register
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, parse_spec_text

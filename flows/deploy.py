@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from longrun.spec.loader import spec_document
 from longrun.storage.paths import JOB_ID_RE
 
 if TYPE_CHECKING:
@@ -113,8 +114,8 @@ def check_name(name: str, what: str = "deployment name") -> str:
 
 
 def canonical_spec(loaded: LoadedSpec) -> dict[str, Any]:
-    """The canonical spec as a dict: the ``spec`` parameter of every deployment."""
-    return json.loads(loaded.canonical)
+    """The spec as a dict (every effective field): the ``spec`` parameter of every deployment."""
+    return spec_document(loaded.spec)
 
 
 def deployment_parameters(loaded: LoadedSpec, root: str | Path, source: str | Path | None = None) -> dict[str, Any]:

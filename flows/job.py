@@ -39,7 +39,7 @@ from longrun.engine.loop import run_job
 from longrun.engine.preflight import GitWorkspace
 from longrun.engine.session import Ports, Session
 from longrun.errors import LongrunError
-from longrun.evidence.bundle import manifest_markdown
+from longrun.evidence.manifest import manifest_markdown
 from longrun.execution.checkpoint import GateResult, IterationCheckpoint, StageResult
 from longrun.execution.checkpointing import JobRecords, build_checkpoint
 from longrun.execution.gates import GateInput, evaluate_gate

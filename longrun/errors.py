@@ -200,6 +200,7 @@ EXIT_CODES: dict[str, int | None] = {
     "record_invalid": _FAIL,
     "record_version_unsupported": _FAIL,
     "checkpoint_missing": _FAIL,
+    "spec_schema_unsupported": _FAIL,
     "gate_unknown": _FAIL,
     "strict_contract_failed": _FAIL,
     "evidence_mismatch": _FAIL,

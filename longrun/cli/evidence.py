@@ -141,7 +141,7 @@ def _store_ref(args: argparse.Namespace, record: Any) -> str | None:
 
 
 def cmd_verify(args: argparse.Namespace, out: Out) -> int:
-    from longrun.evidence.bundle import verify
+    from longrun.evidence.verify import verify
 
     target: str = args.target
     bundle = Path(args.bundle) if args.bundle else None
@@ -197,7 +197,7 @@ def _verify_strict(root: Path, record: Any, out: Out) -> int:
 
 
 def _verify_s3(uri: str, tmp: Path, endpoint_url: str | None):
-    from longrun.evidence.bundle import verify
+    from longrun.evidence.verify import verify
     from longrun.storage import parse_s3_uri
     from longrun.storage.s3 import S3Store
 

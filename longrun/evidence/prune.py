@@ -163,7 +163,8 @@ def _prune_worktree(result: PruneResult, root: Path, loaded: Any, dry_run: bool)
 
 
 def _prune_checkpoints(result: PruneResult, root: Path, state: Any, keep_last: int, dry_run: bool) -> None:
-    from longrun.evidence.bundle import bundle_members, checkpoint_members
+    from longrun.evidence.bundle import checkpoint_members
+    from longrun.evidence.verify import bundle_members
     from longrun.execution.checkpoint import sha256_file
     from longrun.storage.paths import JobPaths
 
@@ -208,7 +209,8 @@ def _du(path: Path) -> int:
 def _ranges(numbers: list[int]) -> str:
     out: list[str] = []
     start = prev = numbers[0]
-    for n in numbers[1:] + [None]:  # type: ignore[list-item]
+    following: list[int | None] = [*numbers[1:], None]
+    for n in following:
         if n is not None and n == prev + 1:
             prev = n
             continue
@@ -218,7 +220,8 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
-def _size(n: int) -> str:
+def _size(size: int) -> str:
+    n = float(size)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from longrun.errors import EvidenceStoreInvalid, LongrunError
-from longrun.evidence.bundle import BundleResult, build_bundle, load_bundle, verify
+from longrun.evidence.bundle import BundleResult, build_bundle
+from longrun.evidence.verify import load_bundle, verify
 from longrun.journal.local import Journal
 from longrun.storage import EvidenceStore, StoredObject, resolve_store
 from longrun.storage.paths import check_job_id

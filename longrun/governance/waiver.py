@@ -12,7 +12,7 @@ strict completion contract, checked by :func:`strict_check`:
 3. every required gate of the last iteration passed (a gate *skipped* by the
    failure policy did not pass: strict mode reports it);
 4. the evidence bundle verifies (``bundle_check``, supplied by the caller from
-   ``longrun.evidence.bundle``; without one the contract is not met — strict mode
+   ``longrun.evidence.verify``; without one the contract is not met — strict mode
    fails closed).
 
 When the contract is not met, a governed exception can still let the release
@@ -249,7 +249,8 @@ def strict_report(root: Path, job_id: str, state: RunState, spec: Any, now: date
 
     Used at the end of a strict run and by ``longrun verify JOB --strict``.
     """
-    from longrun.evidence.bundle import bundle_paths, verify
+    from longrun.evidence.bundle import bundle_paths
+    from longrun.evidence.verify import verify
 
     tar, manifest = bundle_paths(root, job_id)
 

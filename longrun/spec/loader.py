@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from longrun.errors import JobNotFound, Problem, SpecError
-from longrun.spec.models import JobSpec, cross_check
+from longrun.errors import JobNotFound, LongrunError, Problem, SpecError
+from longrun.spec.checks import cross_check
+from longrun.spec.models import JobSpec
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,37 @@ class LoadedSpec:
         return self.source.parent if self.source is not None else Path.cwd()
 
 
+#: Format of a stored ``spec.json``: ``{"spec_schema": 2, "spec": {...}}``. Schema 1 (longrun
+#: before 0.2) stored the bare spec; :func:`load_canonical` reads both.
+SPEC_SCHEMA = 2
+
+
+def spec_document(spec: JobSpec) -> dict[str, Any]:
+    """The spec as a dict: every effective field (defaults filled in)."""
+    return spec.model_dump(mode="json")
+
+
 def canonical_json(spec: JobSpec) -> str:
-    """Canonical JSON of a spec: every effective field, sorted keys, no whitespace."""
-    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """What ``spec.json`` holds: the schema version and every effective field, sorted keys, no whitespace."""
+    return _compact({"spec_schema": SPEC_SCHEMA, "spec": spec_document(spec)})
+
+
+def identity_json(spec: JobSpec) -> str:
+    """What the job id hashes: the spec without the fields left at their defaults.
+
+    A field added later with a default changes no id, and a default written
+    out gives the same id as leaving it out (SPEC S3, docs/concepts.md#job-ids).
+    """
+    return _compact(spec.model_dump(mode="json", exclude_defaults=True))
 
 
 def job_id_for(spec: JobSpec) -> str:
-    """``sha256(canonical JSON of the spec)[:12]`` (SPEC S3)."""
-    return hashlib.sha256(canonical_json(spec).encode("utf-8")).hexdigest()[:12]
+    """``sha256(identity_json(spec))[:12]``."""
+    return hashlib.sha256(identity_json(spec).encode("utf-8")).hexdigest()[:12]
+
+
+def _compact(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -172,6 +196,30 @@ def load_spec(path: str | Path) -> LoadedSpec:
 
 
 def load_canonical(text: str, *, file: str | None = None) -> LoadedSpec:
-    """Load a job's stored canonical spec (``spec.json``)."""
-    spec = parse_spec_text(text, file=file)
-    return LoadedSpec(spec=spec, source=None, job_id=job_id_for(spec), canonical=canonical_json(spec))
+    """Load a job's stored spec (``spec.json``), migrating older schemas on read.
+
+    The text is kept as stored (``canonical``); the caller keeps the job's
+    stored id (ids are never recomputed for an existing job).
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise SpecError([Problem(path="$", message=f"not valid JSON: {exc}", file=file)], file=file) from None
+    data = stored_spec_data(doc, file=file)
+    spec = validate_spec_data(data, file=file)
+    return LoadedSpec(spec=spec, source=None, job_id=job_id_for(spec), canonical=text.rstrip("\n"))
+
+
+def stored_spec_data(doc: Any, *, file: str | None = None) -> dict[str, Any]:
+    """The spec dict inside a stored ``spec.json`` of any known schema."""
+    if isinstance(doc, dict) and "spec_schema" in doc:
+        schema = doc["spec_schema"]
+        if schema != SPEC_SCHEMA or not isinstance(doc.get("spec"), dict):
+            raise LongrunError(
+                f"{file or 'spec.json'} has spec_schema {schema!r}; this longrun reads schemas 1 to {SPEC_SCHEMA}",
+                code="spec_schema_unsupported",
+            )
+        return dict(doc["spec"])
+    if isinstance(doc, dict):
+        return doc  # schema 1: the bare spec
+    raise SpecError([Problem(path="$", message="a stored spec must be a JSON object", file=file)], file=file)

@@ -96,7 +96,8 @@ def test_example_completes_in_two_iterations_with_checkpoints(prefect_server, ex
         assert names[n] == "Completed", (n, names)
 
     # The run's evidence bundle verifies; one changed byte is caught and named.
-    from longrun.evidence.bundle import bundle_paths, verify
+    from longrun.evidence.bundle import bundle_paths
+    from longrun.evidence.verify import verify
 
     tar, manifest = bundle_paths(tmp_path, out["job_id"])
     assert verify(manifest, tar, job_files_root=tmp_path).ok

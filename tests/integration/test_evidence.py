@@ -23,10 +23,14 @@ from evidence_helpers import make_job, members, reg, sha, write_tar
 
 from longrun.cli.main import main as cli_main
 from longrun.errors import EvidenceMismatch, EvidenceMissing, EvidenceStoreInvalid, PathEscape
-from longrun.evidence.bundle import MANIFEST_TYPE, PREDICATE_TYPE, build_bundle, bundle_paths, manifest_markdown, verify
+from longrun.evidence.bundle import build_bundle, bundle_paths
+from longrun.evidence.layout import MANIFEST_TYPE, PREDICATE_TYPE
+from longrun.evidence.manifest import manifest_markdown
 from longrun.evidence.publish import finalize_evidence, push_evidence
+from longrun.evidence.verify import verify
 from longrun.journal.fold import replay
 from longrun.journal.local import Journal
+from longrun.spec.loader import job_id_for, validate_spec_data
 from longrun.storage import LocalDirStore, StoredObject, resolve_store
 from longrun.storage.paths import JobPaths
 
@@ -161,7 +165,8 @@ def test_manifest_is_an_in_toto_statement(job):
     p = doc["predicate"]
     assert p["job_id"] == job.job_id and p["name"] == "fix-failing-test"
     assert p["spec_sha256"] == sha(job.spec_file.read_bytes().rstrip(b"\n"))
-    assert p["spec_sha256"][:12] == job.job_id
+    stored = json.loads(job.spec_file.read_bytes())
+    assert job_id_for(validate_spec_data(stored["spec"])) == job.job_id  # the id is recomputable from the stored spec
     assert p["status"] == "COMPLETED" and p["iterations"] == 2
     assert p["gates"]["last_iteration"] == 2 and p["gates"]["required_passed"] is True
     assert p["gates"]["last"]["tests"] == {
@@ -526,7 +531,7 @@ def test_cli_subprocess_exit_codes(job):
 
 def test_core_modules_import_neither_prefect_nor_boto3():
     code = (
-        "import sys, longrun.evidence.bundle, longrun.evidence.publish, longrun.storage, longrun.storage.s3, "
+        "import sys, longrun.evidence.bundle, longrun.evidence.verify, longrun.evidence.publish, longrun.storage, longrun.storage.s3, "
         "longrun.storage.local, longrun.cli.evidence, longrun.cli.main; "
         "bad = [m for m in ('prefect', 'boto3', 'botocore') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
@@ -552,7 +557,8 @@ def test_bundle_of_a_200mb_log_keeps_memory_flat(tmp_path):
         """
         import json, resource, sys
         from pathlib import Path
-        from longrun.evidence.bundle import build_bundle, verify
+        from longrun.evidence.bundle import build_bundle
+        from longrun.evidence.verify import verify
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result = build_bundle(Path(sys.argv[1]), sys.argv[2])
         built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

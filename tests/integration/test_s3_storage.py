@@ -31,8 +31,9 @@ from evidence_helpers import make_job, members, reg, write_tar
 from tenacity import wait_fixed, wait_none
 
 from longrun.errors import EvidenceMissing, EvidenceStoreError, EvidenceStoreInvalid, EvidenceTransientError
-from longrun.evidence.bundle import build_bundle, verify
+from longrun.evidence.bundle import build_bundle
 from longrun.evidence.publish import finalize_evidence
+from longrun.evidence.verify import verify
 from longrun.journal.local import Journal
 from longrun.storage import parse_s3_uri, resolve_store
 from longrun.storage.s3 import MB, S3Store, map_s3_errors

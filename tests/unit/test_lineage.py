@@ -55,7 +55,7 @@ def test_children_get_lineage_and_deterministic_ids(tmp_path, parent):
         lin = c.loaded.spec.lineage
         assert (lin.root_job_id, lin.parent_job_id, lin.generation) == (parent.job_id, parent.job_id, 1)
         assert c.lineage == lin and c.job_id == job_id_for(c.loaded.spec) == c.loaded.job_id
-        assert json.loads(c.loaded.canonical)["lineage"]["generation"] == 1
+        assert json.loads(c.loaded.canonical)["spec"]["lineage"]["generation"] == 1
     # The same file loaded plainly has no lineage and so another id.
     assert load_spec(spawn / "a.yaml").job_id != children[0].job_id
     assert [c.job_id for c in collect_children(spawn, parent)] == [c.job_id for c in children]  # deterministic

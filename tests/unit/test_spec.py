@@ -25,7 +25,7 @@ import yaml
 
 from longrun.errors import JobNotFound, Problem, SpecError
 from longrun.spec import schema as schema_mod
-from longrun.spec.loader import canonical_json, job_id_for, load_spec, parse_spec_text
+from longrun.spec.loader import canonical_json, identity_json, job_id_for, load_spec, parse_spec_text
 
 REPO = Path(__file__).resolve().parents[2]
 JOBSPECS = REPO / "jobspecs"
@@ -196,11 +196,13 @@ def test_committed_schema_rejects_what_the_models_reject(path, value, validator)
 # --------------------------------------------------------------------------- job ids
 
 
-def test_job_id_is_sha256_of_canonical_json():
+def test_job_id_is_sha256_of_the_identity_json():
     spec = parse_spec_text(BASE)
     canonical = canonical_json(spec)
     assert json.dumps(json.loads(canonical), sort_keys=True, separators=(",", ":"), ensure_ascii=False) == canonical
-    assert job_id_for(spec) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+    ident = identity_json(spec)
+    assert json.loads(ident) == spec.model_dump(mode="json", exclude_defaults=True)
+    assert job_id_for(spec) == hashlib.sha256(ident.encode("utf-8")).hexdigest()[:12]
     assert re.fullmatch(r"[0-9a-f]{12}", job_id_for(spec))
 
 
