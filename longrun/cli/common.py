@@ -62,8 +62,10 @@ STATUS_EXIT = {
     "WAITING_APPROVAL": EXIT_WAITING,
 }
 
-#: Defaults for the embedded Prefect server; the user's environment wins.
+#: Defaults for Prefect in this process (and the servers it starts); the user's environment wins.
 PREFECT_DEFAULTS = {
+    # Prefect's 20 s is less than a first database migration on a loaded machine (--ephemeral).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",

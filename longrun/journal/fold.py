@@ -128,8 +128,12 @@ class _Fold:
     def _on_gate_evaluated(self, p: Any, ts: datetime) -> None:
         self._inner("gate_results", p.iteration)[p.gate] = p
         failed = self._map("gate_failed_iterations")
-        its = tuple(i for i in failed.get(p.gate, ()) if i != p.iteration)  # the last evaluation of an iteration counts
-        failed[p.gate] = its if p.passed else tuple(sorted((*its, p.iteration)))
+        its = failed.get(p.gate, ())
+        if p.iteration in its[-1:]:  # evaluated again in the same iteration: the last evaluation counts
+            its = its[:-1]
+        if not p.passed:
+            its = (*its, p.iteration) if not its or its[-1] < p.iteration else tuple(sorted({*its, p.iteration}))
+        failed[p.gate] = its
 
     def _on_checkpoint_written(self, p: Any, ts: datetime) -> None:
         self._map("checkpoints")[p.iteration] = freeze(p.files)
