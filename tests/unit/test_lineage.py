@@ -8,7 +8,7 @@ import os
 import pytest
 
 from longrun.errors import LongrunError, SpecError
-from longrun.governance.lineage import collect_children, lineage_of, spend_for_root
+from longrun.governance.lineage import LineageSpend, collect_children, lineage_of, spend_for_root
 from longrun.journal.registry import register
 from longrun.spec import load_spec
 from longrun.spec.loader import job_id_for
@@ -146,3 +146,24 @@ def test_spend_for_root_sums_the_lineage(tmp_path, parent):
     assert spend_for_root(root, parent.job_id, include_root=False) == (0.75, 23)
     assert spend_for_root(root, stranger.job_id) == (9.0, 900)
     assert spend_for_root(root, "0" * 12) == (0.0, 0)
+
+
+def test_lineage_spend_is_kept_incrementally_and_equals_a_full_replay(tmp_path, parent):
+    root = tmp_path / "jobs-root"
+    spend(register(parent, root), 1.0, 100)
+    live = LineageSpend(root, parent.job_id)
+    assert live() == (0.0, 0)
+    spec_file(tmp_path / "s1" / "child.yaml", "child")
+    (child,) = collect_children(tmp_path / "s1", parent)
+    child_record = register(child.loaded, root)
+    spend(child_record, 0.25, 20)
+    assert live() == spend_for_root(root, parent.job_id, include_root=False) == (0.25, 20)
+    # More spend by the child: only what its journal gained is read.
+    spend(child_record, 0.5, 5)
+    journal = live._journals[child.job_id]
+    before = journal._cursor[0]
+    assert live() == spend_for_root(root, parent.job_id, include_root=False) == (0.75, 25)
+    assert journal._cursor[0] > before
+    stranger = load_spec(spec_file(tmp_path / "stranger.yaml", "stranger"))
+    spend(register(stranger, root), 9.0, 900)
+    assert live() == (0.75, 25)
