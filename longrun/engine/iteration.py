@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from longrun.engine import approvals
 from longrun.engine.children import register_children
-from longrun.engine.report import gate_line, gate_payload, stage_from_journal, stage_line, stage_payload
+from longrun.engine.report import gate_line, gate_payload, skipped_stage, stage_from_journal, stage_line, stage_payload
 from longrun.errors import LongrunError
 from longrun.execution.checkpoint import GateResult, IterationCheckpoint, StageResult
 from longrun.execution.gates import GateInput
@@ -98,22 +98,7 @@ def _stage(
             if approvals.ask(e, a.step_name, iteration, what) != "approved":
                 return None
     failed = [d for d in stage.depends_on if not done[d].ok]
-    if failed:
-        result = StageResult(
-            job_id=rt.job_id,
-            iteration=iteration,
-            stage=stage.id,
-            phase=stage.phase,
-            model=stage.model,
-            argv=list(stage.argv),
-            exit_code=None,
-            timed_out=False,
-            duration_s=0.0,
-            attempts=0,
-            error=f"skipped: dependency {', '.join(failed)} failed",
-        )
-    else:
-        result = _attempts(e, stage, iteration)
+    result = skipped_stage(rt.job_id, stage, iteration, failed) if failed else _attempts(e, stage, iteration)
     outside: list[str] = []
     if e.scoped and start_tree:
         ws = s.ports.workspace

@@ -7,6 +7,7 @@ from typing import Any
 
 from longrun.execution.checkpoint import GateResult, StageResult, UsageRecord
 from longrun.journal.payloads import StageFinished
+from longrun.spec.compile import PlannedStage
 
 
 def stage_payload(result: StageResult, out_of_scope: list[str] | None = None) -> dict[str, Any]:
@@ -25,6 +26,23 @@ def stage_payload(result: StageResult, out_of_scope: list[str] | None = None) ->
     if out_of_scope:
         payload["out_of_scope"] = out_of_scope
     return payload
+
+
+def skipped_stage(job_id: str, stage: PlannedStage, iteration: int, failed: list[str]) -> StageResult:
+    """A stage not run because a stage it depends on failed (``attempts`` 0)."""
+    return StageResult(
+        job_id=job_id,
+        iteration=iteration,
+        stage=stage.id,
+        phase=stage.phase,
+        model=stage.model,
+        argv=list(stage.argv),
+        exit_code=None,
+        timed_out=False,
+        duration_s=0.0,
+        attempts=0,
+        error=f"skipped: dependency {', '.join(failed)} failed",
+    )
 
 
 def stage_from_journal(job_id: str, argv: list[str], finished: StageFinished) -> StageResult:

@@ -58,20 +58,25 @@ stop_conditions: {{max_iterations: 5}}
     )
 
 
+def _run_in_background(spec, root, env) -> subprocess.Popen:
+    """``longrun run`` as a plain child process: SIGKILL must hit the engine alone, not its stages."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "longrun.cli.main", "run", str(spec), "--root", str(root)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_sigkill_mid_stage_then_resume(cli_env, tmp_path):
     counter, slept = tmp_path / "counter.txt", tmp_path / "slept"
     spec = _killme(tmp_path, counter, slept)
     job_id = load_spec(spec).job_id
     paths = JobPaths(tmp_path, job_id)
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "longrun.cli.main", "run", str(spec), "--root", str(tmp_path)],
-        cwd=tmp_path,
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _run_in_background(spec, tmp_path, cli_env)
     sigkill_engine_once(proc, slept, "stage 'slow'")
     assert proc.returncode == -signal.SIGKILL
 
@@ -145,15 +150,7 @@ def test_sigkill_in_iteration_2_then_resume_with_prefect_cache_refresh_on(cli_en
     counter, slept = killed_root / "counter.txt", killed_root / "slept"
     spec = _killme(killed_root, counter, slept, kill_iteration=2)
     job_id = load_spec(spec).job_id
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "longrun.cli.main", "run", str(spec), "--root", str(killed_root)],
-        cwd=killed_root,
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sigkill_engine_once(proc, slept, "stage 'slow' of iteration 2")
+    sigkill_engine_once(_run_in_background(spec, killed_root, cli_env), slept, "stage 'slow' of iteration 2")
     state = Journal(JobPaths(killed_root, job_id).events_file).state()
     assert (state.open_iteration, state.iterations_finished) == (2, 1) and not state.stage_done(2, "slow")
 
