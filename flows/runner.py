@@ -7,7 +7,6 @@ read-only commands never import Prefect. What the CLI gets back is plain data
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from longrun.flows.job import job_flow
-from longrun.spec.loader import LoadedSpec
+from longrun.spec.loader import LoadedSpec, spec_document
 
 __all__ = ["FlowRunEnd", "resume_paused_run", "run_job_flow"]
 
@@ -42,7 +41,7 @@ def run_job_flow(loaded: LoadedSpec, root: Path, *, job_id: str | None = None, f
     source = str(loaded.source) if loaded.source else None
     with tags("longrun", *loaded.spec.tags):
         state = flow(
-            spec=json.loads(loaded.canonical), root=str(root), source=source, job_id=job_id, force=force, return_state=True
+            spec=spec_document(loaded.spec), root=str(root), source=source, job_id=job_id, force=force, return_state=True
         )
     flow_run_id = state.state_details.flow_run_id
     return FlowRunEnd(
