@@ -33,14 +33,18 @@ from pathlib import Path
 from _common import PY, REPO, PrefectServer, git_root, header, machine, med, row
 
 STAGES = 10
-SPEC = """
+SPEC = (
+    """
 name: ten-stages
 goal: per-stage overhead
 allowed_tools: ["true"]
 plan_file: null
 model_policy: {default: m}
 stages:
-""" + "".join(f'  - {{id: s{i}, run: ["true"]}}\n' for i in range(STAGES)) + "stop_conditions: {max_iterations: 1}\n"
+"""
+    + "".join(f'  - {{id: s{i}, run: ["true"]}}\n' for i in range(STAGES))
+    + "stop_conditions: {max_iterations: 1}\n"
+)
 
 
 def _intervals(starts: list[float]) -> float:
