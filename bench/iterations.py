@@ -10,7 +10,8 @@ over the 10 iterations ending at n (from iteration 2: the first pays for imports
   ports — what the engine itself costs per iteration;
 * ``--prefect``: the real job flow on Prefect (stage, gate and checkpoint
   tasks with result persistence) on the server ``PREFECT_API_URL`` names, or
-  the embedded one.
+  else on a ``prefect server start`` this script starts on 127.0.0.1 (a
+  throw-away ``PREFECT_HOME``) and stops at the end.
 
 Baseline, measured in the same run: the same number of journal lines written
 with ``write`` + ``fsync`` per iteration (the floor of the engine's own I/O).
@@ -170,9 +171,20 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     with tempfile.TemporaryDirectory(prefix="longrun-bench-") as tmp:
         root = Path(tmp) / "job"
-        t0 = time.perf_counter()
-        (run_prefect if prefect else run_engine)(root, top)
-        wall = time.perf_counter() - t0
+        server = None
+        if prefect and not os.environ.get("PREFECT_API_URL"):
+            from _common import PrefectServer
+
+            server = PrefectServer(Path(tmp) / "server-home").start()
+            server.wait()
+            os.environ.update(PREFECT_API_URL=server.url, PREFECT_HOME=str(server.home))
+        try:
+            t0 = time.perf_counter()
+            (run_prefect if prefect else run_engine)(root, top)
+            wall = time.perf_counter() - t0
+        finally:
+            if server is not None:
+                server.stop()
         times = per_iteration(root)
         floor = raw_fsync_lines(6, 200, Path(tmp))
     mode = "prefect" if prefect else "engine"

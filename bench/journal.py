@@ -18,11 +18,13 @@ Two tables, each figure beside a baseline measured in the same run:
    (``ru_maxrss``) and its growth over the RSS after imports; against
    ``json.loads`` of every line (kept in a list, as ``read`` keeps its
    events), also in a fresh process with its own peak RSS. Median of
-   ``--samples`` runs (default 3; 1 at 1M events). Target (issue 10):
-   100k events under 1 s.
+   ``--samples`` runs (default 3; 1 at 1M events). A replay still running
+   after ``--timeout`` seconds (default 600) is stopped; its read time and
+   the RSS after the read are still shown. Target (issue 10): 100k events
+   under 1 s.
 
 The ratios say what validation and the fold cost on top of the I/O and JSON
-they cannot avoid. Run: ``python bench/journal.py [ITERATIONS ...] [--replay EVENTS ...] [--samples N]``
+they cannot avoid. Run: ``python bench/journal.py [ITERATIONS ...] [--replay EVENTS ...] [--samples N] [--timeout S]``
 (with no argument: iterations 10 100 1000, then replay at 10000 100000 1000000;
 ``--replay`` alone runs only table 2).
 """
@@ -166,6 +168,7 @@ rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 events = Journal(sys.argv[1]).read()
 t1 = time.perf_counter()
+print(json.dumps({"read_s": t1 - t0, "rss0_kb": rss0, "read_peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 state = replay(events)
 t2 = time.perf_counter()
 print(json.dumps({"read_s": t1 - t0, "fold_s": t2 - t1, "s": t2 - t0, "rss0_kb": rss0,
@@ -183,13 +186,24 @@ print(json.dumps({"s": s, "rss0_kb": rss0, "peak_kb": resource.getrusage(resourc
 """
 
 
-def _fresh(code: str, path: Path) -> dict:
-    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    return json.loads(r.stdout)
+def _fresh(code: str, path: Path, timeout: float) -> dict:
+    """Run ``code`` on ``path`` in a fresh interpreter; its last JSON line (a partial one if it timed out)."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=out)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.seek(0)
+        rows = [json.loads(line) for line in out.read().splitlines()]
+    if proc.returncode not in (0, -9):
+        raise RuntimeError(f"replay process exited {proc.returncode}")
+    return {**rows[-1], "timed_out": proc.returncode == -9}
 
 
-def replay_table(sizes: list[int], samples: int) -> None:
-    print("replay in a fresh process; n: runs (median of n; 1 at 1M events)")
+def replay_table(sizes: list[int], samples: int, timeout: float) -> None:
+    print(f"replay in a fresh process; n: runs (median of n; 1 at 1M events); a replay stopped after {timeout:.0f} s shows '>'")
     print(
         f"{'events':>8} {'MB':>5} {'n':>2} {'replay ms':>10} {'read ms':>8} {'fold ms':>8} {'json.loads ms':>13} {'time x':>6}"
         f" {'peak RSS MB':>11} {'+MB':>6} {'loads peak MB':>13} {'+MB':>6}"
@@ -201,13 +215,21 @@ def replay_table(sizes: list[int], samples: int) -> None:
             n = 1 if size >= 1_000_000 else samples
             rep, loads = [], []
             for _ in range(n):
-                rep.append(_fresh(_REPLAY, path))
-                loads.append(_fresh(_LOADS, path))
+                rep.append(_fresh(_REPLAY, path, timeout))
+                loads.append(_fresh(_LOADS, path, timeout))
             m = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+            if any(r["timed_out"] for r in rep):  # only the read finished: the fold was stopped
+                total = f">{timeout * 1000:.0f}"
+                fold = f">{(timeout - m(rep, 'read_s')) * 1000:.0f}"
+                ratio = f">{timeout / m(loads, 's'):.0f}"
+                peak = m(rep, "read_peak_kb")
+            else:
+                total, fold = f"{m(rep, 's') * 1000:.0f}", f"{m(rep, 'fold_s') * 1000:.0f}"
+                ratio, peak = f"{m(rep, 's') / m(loads, 's'):.1f}", m(rep, "peak_kb")
             print(
-                f"{n_lines:>8} {path.stat().st_size / 2**20:>5.0f} {n:>2} {m(rep, 's') * 1000:>10.0f} {m(rep, 'read_s') * 1000:>8.0f}"
-                f" {m(rep, 'fold_s') * 1000:>8.0f} {m(loads, 's') * 1000:>13.0f} {m(rep, 's') / m(loads, 's'):>6.1f}"
-                f" {m(rep, 'peak_kb') / 1024:>11.0f} {(m(rep, 'peak_kb') - m(rep, 'rss0_kb')) / 1024:>6.0f}"
+                f"{n_lines:>8} {path.stat().st_size / 2**20:>5.0f} {n:>2} {total:>10} {m(rep, 'read_s') * 1000:>8.0f}"
+                f" {fold:>8} {m(loads, 's') * 1000:>13.0f} {ratio:>6}"
+                f" {peak / 1024:>11.0f} {(peak - m(rep, 'rss0_kb')) / 1024:>6.0f}"
                 f" {m(loads, 'peak_kb') / 1024:>13.0f} {(m(loads, 'peak_kb') - m(loads, 'rss0_kb')) / 1024:>6.0f}",
                 flush=True,
             )
@@ -217,7 +239,12 @@ def replay_table(sizes: list[int], samples: int) -> None:
 
 def main(argv: list[str]) -> None:
     samples = int(argv[argv.index("--samples") + 1]) if "--samples" in argv else 3
-    argv = [a for i, a in enumerate(argv) if a != "--samples" and (i == 0 or argv[i - 1] != "--samples")]
+    timeout = float(argv[argv.index("--timeout") + 1]) if "--timeout" in argv else 600.0
+    argv = [
+        a
+        for i, a in enumerate(argv)
+        if a not in ("--samples", "--timeout") and (i == 0 or argv[i - 1] not in ("--samples", "--timeout"))
+    ]
     if "--replay" in argv:
         k = argv.index("--replay")
         iterations, replay_sizes = [int(a) for a in argv[:k]], [int(a) for a in argv[k + 1 :]] or [10_000, 100_000, 1_000_000]
@@ -226,7 +253,7 @@ def main(argv: list[str]) -> None:
     if iterations:
         appends_table(iterations)
     if replay_sizes:
-        replay_table(replay_sizes, samples)
+        replay_table(replay_sizes, samples, timeout)
 
 
 def appends_table(sizes: list[int]) -> None:
