@@ -8,8 +8,9 @@ prints, each measured in this run:
   against GNU ``tar -czf`` of the same directory (gzip level 6, as longrun);
 * verify: ``verify`` (bundle sha256, every member re-hashed against the
   manifest) against ``hashlib.sha256`` over the raw files;
-* the peak RSS of the build, in a fresh process, against that process's RSS
-  before building (the bundle streams: it should not grow with the log size).
+* the peak RSS of the build (``VmHWM``), in a fresh process, against that
+  process's peak before building (the bundle streams: it should not grow
+  with the log size).
 
 Run: ``python bench/evidence.py [ITERATIONS] [LOG_MB]`` (default 4 iterations of 25 MB).
 """
@@ -71,11 +72,14 @@ def timed(fn) -> tuple[float, object]:
 
 def build_rss(root: Path, job_id: str) -> dict[str, int]:
     """Build in a fresh process; its RSS before and at peak (KB)."""
+    # VmHWM, not ru_maxrss: ru_maxrss survives exec, so the child would start at this (parent) process's peak.
     code = (
-        "import json, resource, sys; from pathlib import Path; from longrun.evidence.bundle import build_bundle\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "import json, sys; from pathlib import Path; from longrun.evidence.bundle import build_bundle\n"
+        "def hwm():\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "before = hwm()\n"
         "build_bundle(Path(sys.argv[1]), sys.argv[2])\n"
-        "print(json.dumps({'before_kb': before, 'peak_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+        "print(json.dumps({'before_kb': before, 'peak_kb': hwm()}))\n"
     )
     r = subprocess.run([sys.executable, "-c", code, str(root), job_id], capture_output=True, text=True, check=True)
     return json.loads(r.stdout)

@@ -13,7 +13,8 @@ machine; the wall time adds the fsync waits of the journal. Two settings:
   ports — what the engine itself costs per iteration;
 * ``--prefect``: the real job flow on Prefect (stage, gate and checkpoint
   tasks with result persistence) on the server ``PREFECT_API_URL`` names, or
-  the embedded one.
+  else on a ``prefect server start`` this script starts on 127.0.0.1 (a
+  throw-away ``PREFECT_HOME``) and stops at the end.
 
 Baseline, measured in the same run: the same number of journal lines written
 with ``write`` + ``fsync`` per iteration (the floor of the engine's own I/O).
@@ -185,20 +186,31 @@ def main(argv: list[str]) -> int:
     cpu: dict[int, list[float]] = {n: [] for n in counts}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="longrun-bench-") as tmp:
-        for r in range(repeats):
-            root = Path(tmp) / f"job{r}"
-            if prefect:
-                run_prefect(root, top)
-                wall_times = per_iteration(root)
-                cpu_times: dict[int, float] = {}
-            else:
-                both = run_engine(root, top)
-                wall_times = {i: w for i, (w, _) in both.items()}
-                cpu_times = {i: c for i, (_, c) in both.items()}
-            for n in counts:
-                wall[n].append(_window(wall_times, n))
-                if cpu_times:
-                    cpu[n].append(_window(cpu_times, n))
+        server = None
+        if prefect and not os.environ.get("PREFECT_API_URL"):
+            from _common import PrefectServer
+
+            server = PrefectServer(Path(tmp) / "server-home").start()
+            server.wait()
+            os.environ.update(PREFECT_API_URL=server.url, PREFECT_HOME=str(server.home))
+        try:
+            for r in range(repeats):
+                root = Path(tmp) / f"job{r}"
+                if prefect:
+                    run_prefect(root, top)
+                    wall_times = per_iteration(root)
+                    cpu_times: dict[int, float] = {}
+                else:
+                    both = run_engine(root, top)
+                    wall_times = {i: w for i, (w, _) in both.items()}
+                    cpu_times = {i: c for i, (_, c) in both.items()}
+                for n in counts:
+                    wall[n].append(_window(wall_times, n))
+                    if cpu_times:
+                        cpu[n].append(_window(cpu_times, n))
+        finally:
+            if server is not None:
+                server.stop()
         floor = raw_fsync_lines(6, 200, Path(tmp))
     mode = "prefect" if prefect else "engine"
     print(
