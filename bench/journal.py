@@ -166,7 +166,7 @@ def write_journal(path: Path, events: int) -> int:
 _REPLAY = """
 import json, resource, sys, time
 from longrun.journal.local import Journal
-from longrun.journal.state import replay
+from longrun.journal.fold import replay
 def hwm():  # peak RSS of this process image in KB (VmHWM; ru_maxrss would carry the parent's peak across fork+exec)
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):

@@ -40,9 +40,9 @@ def _flow_run_name() -> str:
         name = spec.get("name") if isinstance(spec, dict) else None
         job_id = params.get("job_id")
         if not job_id and isinstance(spec, dict):
-            from longrun.spec.loader import job_id_for, validate_spec_data
+            from longrun.spec.loader import job_id_for, stored_spec_data, validate_spec_data
 
-            job_id = job_id_for(validate_spec_data(spec))
+            job_id = job_id_for(validate_spec_data(stored_spec_data(spec)))
         if name and job_id:
             return f"{name}-{job_id}"
         return str(name or ENTRY_FLOW_NAME)

@@ -52,7 +52,7 @@ from longrun.journal.local import Journal
 from longrun.journal.registry import find_job, outcome_dict, register
 from longrun.journal.state import RunState
 from longrun.spec.compile import PlannedGate, PlannedStage
-from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, validate_spec_data
+from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, stored_spec_data, validate_spec_data
 
 # ------------------------------------------------------------------ tasks
 
@@ -203,7 +203,8 @@ def longrun_job(
     if job_id is not None:
         loaded = find_job(root_path, job_id).load()
     else:
-        job_spec = validate_spec_data(spec, file=source)
+        # A spec document, or the content of a stored spec.json (any known spec_schema).
+        job_spec = validate_spec_data(stored_spec_data(spec, file=source), file=source)
         loaded = LoadedSpec(
             spec=job_spec,
             source=Path(source) if source else None,

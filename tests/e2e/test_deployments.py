@@ -35,6 +35,7 @@ from longrun.flows.deploy import (
 from longrun.flows.deploy_runner import next_run_times
 from longrun.journal.local import Journal
 from longrun.spec import load_spec
+from longrun.spec.loader import spec_document
 from longrun.storage.paths import JobPaths
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -237,7 +238,7 @@ def test_plan_names_parameters_tags(tmp_path):
     assert (plan.flow_name, plan.deployment_name, plan.full_name) == ("plan-me", "plan-me", "plan-me/plan-me")
     assert plan.parameters["root"] == str((tmp_path / "root").resolve())
     assert plan.parameters["source"] == str(spec.resolve())
-    assert plan.parameters["spec"] == json.loads(loaded.canonical)
+    assert plan.parameters["spec"] == spec_document(loaded.spec)
     assert plan.tags == ["longrun", "job:plan-me", f"job-id:{loaded.job_id}", "example"]
     assert plan.schedule.to_dict() == {"cron": "30 6 * * 1-5", "timezone": "America/New_York"}
     assert (plan.concurrency_limit, plan.collision_strategy) == (1, "ENQUEUE")
@@ -292,7 +293,7 @@ def test_deploy_to_a_process_pool_and_a_real_worker_runs_it(worker, prefect_serv
         assert str(dep.id) == doc["deployment_id"]
         assert dep.work_pool_name == POOL
         assert dep.entrypoint == ENTRYPOINT_MODULE and not dep.pull_steps  # the installed package; nothing built
-        assert dep.parameters["spec"] == json.loads(load_spec(spec).canonical)
+        assert dep.parameters["spec"] == spec_document(load_spec(spec).spec)
         assert dep.parameters["root"] == str(root.resolve())
         assert set(dep.tags) == {"longrun", "job:deploy-worker", f"job-id:{job_id}", "example"}
         assert dep.global_concurrency_limit.limit == 1
@@ -336,7 +337,7 @@ def test_prefect_deploy_all_accepts_prefect_yaml_and_the_worker_runs_it(worker, 
         assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
         assert dep.parameters["root"] == str(REPO)
         assert dep.parameters["source"] == str(REPO / EXAMPLE_SPEC)
-        assert dep.parameters["spec"] == json.loads(loaded.canonical)
+        assert dep.parameters["spec"] == spec_document(loaded.spec)
         (sched,) = dep.schedules
         assert (sched.schedule.cron, sched.schedule.timezone, sched.active) == ("0 2 * * *", "Europe/Berlin", True)
         assert dep.global_concurrency_limit.limit == 1

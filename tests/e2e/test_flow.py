@@ -86,7 +86,8 @@ def test_example_completes_in_two_iterations_with_checkpoints(prefect_server, ex
     assert [e.type for e in evs][-2:] == ["run_completed", "evidence_built"]
 
     # The spec is stored canonically and immutably beside the runs.
-    assert json.loads(paths.spec_file.read_text())["name"] == "fix-failing-test"
+    stored = json.loads(paths.spec_file.read_text())
+    assert stored["spec_schema"] == 2 and stored["spec"]["name"] == "fix-failing-test"
 
     # Prefect shows the flow named after the job, tasks named <stage>#<iter>.
     names = task_run_names(out["run_id"])

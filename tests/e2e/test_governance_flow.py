@@ -1216,7 +1216,7 @@ stop_conditions: {{max_iterations: 20}}
     assert s.returncode == 0, s.stderr
     assert (json.loads(s.stdout)["name"], json.loads(s.stdout)["status"]) == ("child-job", "PENDING")
     stored = json.loads(JobPaths(tmp_path, child_id).spec_file.read_text())
-    assert stored["lineage"] == {"root_job_id": root_id, "parent_job_id": root_id, "generation": 1}
+    assert stored["spec"]["lineage"] == {"root_job_id": root_id, "parent_job_id": root_id, "generation": 1}
 
     # The child runs and spends 0.50 ...
     r = cli("resume", child_id, "--json", root=tmp_path, env=cli_env)
