@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.prefect]
 SMALL = (
     "name: {name}\ngoal: g\nworkspace: {{path: ws-{name}, template: template}}\nallowed_tools: [python]\n"
     "model_policy: {{default: m}}\nstages: [{{id: a, run: [python, -c, 'pass']}}]\n"
+    "quality_gates: {{required: [{{id: ok, kind: command_pass, run: [python, -c, 'pass']}}]}}\n"
 )
 
 
