@@ -16,6 +16,7 @@ from prefect import tags
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from longrun.errors import LongrunError
 from longrun.flows.job import job_flow
 from longrun.spec.loader import LoadedSpec, spec_document
 
@@ -31,18 +32,40 @@ class FlowRunEnd:
     flow_run_id: str | None
 
 
-def run_job_flow(loaded: LoadedSpec, root: Path, *, job_id: str | None = None, force: bool = False) -> FlowRunEnd:
+#: What Prefect raises when its embedded server does not answer within PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
+_EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def run_job_flow(
+    loaded: LoadedSpec, root: Path, *, job_id: str | None = None, force: bool = False, api_url: str | None = None
+) -> FlowRunEnd:
     """Run the job's flow (tagged ``longrun`` plus the spec's tags) here until it returns.
 
-    ``job_id`` names an already registered job (resume). A ``KeyboardInterrupt``
-    propagates: the caller says how to resume.
+    ``job_id`` names an already registered job (resume); ``api_url`` the server
+    (None: whatever Prefect's settings say). A ``KeyboardInterrupt``
+    propagates: the caller says how to resume. An embedded server that does not
+    start is ``prefect_unavailable`` (the flow run never began: nothing is journaled).
     """
     flow = job_flow(loaded)
     source = str(loaded.source) if loaded.source else None
-    with tags("longrun", *loaded.spec.tags):
-        state = flow(
-            spec=spec_document(loaded.spec), root=str(root), source=source, job_id=job_id, force=force, return_state=True
-        )
+    updates = {PREFECT_API_URL: api_url} if api_url else {}
+    try:
+        with temporary_settings(updates=updates), tags("longrun", *loaded.spec.tags):
+            state = flow(
+                spec=spec_document(loaded.spec), root=str(root), source=source, job_id=job_id, force=force, return_state=True
+            )
+    except RuntimeError as exc:
+        if _EPHEMERAL_TIMEOUT not in str(exc):
+            raise
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        raise LongrunError(
+            f"Prefect's embedded server did not start within {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()}s "
+            "(--ephemeral); raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or drop --ephemeral to use the "
+            "local server",
+            code="prefect_unavailable",
+            retryable=True,
+        ) from None
     flow_run_id = state.state_details.flow_run_id
     return FlowRunEnd(
         completed=state.is_completed(),

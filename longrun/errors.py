@@ -25,7 +25,8 @@ CLI prints them as the first word of an error and under ``error.code`` in
 Raised as plain ``LongrunError(code=...)`` where no handler needs a subclass:
 ``usage_invalid``, ``junit_missing``, ``junit_invalid``, ``git_failed``,
 ``workspace_exists``, ``workspace_missing``, ``template_not_found``,
-``run_crashed``, ``checkpoint_missing`` (the journal names a record the
+``run_crashed``, ``prefect_unavailable`` (no Prefect server could be reached or
+started; nothing ran), ``checkpoint_missing`` (the journal names a record the
 checkpoint store does not hold).
 
 Governance codes (also plain ``LongrunError(code=...)``): ``waiver_invalid``,
@@ -161,6 +162,7 @@ class EvidenceTransientError(EvidenceStoreError):
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_EVIDENCE_UPLOAD_FAILED = 7
+EXIT_PREFECT_UNAVAILABLE = 8
 
 _BAD, _FAIL, _UPLOAD = EXIT_BAD_INPUT, EXIT_FAILED, EXIT_EVIDENCE_UPLOAD_FAILED
 
@@ -213,6 +215,8 @@ EXIT_CODES: dict[str, int | None] = {
     # the evidence store
     "evidence_store_error": _UPLOAD,
     "evidence_upload_failed": _UPLOAD,
+    # no Prefect server could be reached or started: nothing ran, try again once one can be had
+    "prefect_unavailable": EXIT_PREFECT_UNAVAILABLE,
     # never end a command
     "stage_failed": None,
     "junit_missing": None,

@@ -1,7 +1,10 @@
 """Shared fixtures.
 
 ``prefect_server`` starts a real ``prefect server start`` on 127.0.0.1 (a free
-port, a throw-away PREFECT_HOME) once per test session. In-process flows reach
+port, a throw-away PREFECT_HOME) once per test session. ``LONGRUN_HOME`` points
+at a throw-away directory for the whole session, so a command that starts the
+local server (``longrun.flows.server``) never touches the user's; any server
+left there is stopped, by its pid, when the session ends. In-process flows reach
 it through ``temporary_settings``; CLI subprocesses through the environment
 that ``cli_env`` returns. Nothing is mocked: flows, tasks, results, git and
 subprocesses are all real.
@@ -89,6 +92,31 @@ class PrefectServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._log.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def longrun_home(tmp_path_factory):
+    """The session's ``LONGRUN_HOME`` (the local Prefect server's home); its server is stopped at the end."""
+    from longrun.flows.server import ServerPaths, stop
+
+    home = tmp_path_factory.mktemp("longrun-home")
+    before = os.environ.get("LONGRUN_HOME")
+    os.environ["LONGRUN_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        stop(ServerPaths(home))
+        if before is None:
+            os.environ.pop("LONGRUN_HOME", None)
+        else:
+            os.environ["LONGRUN_HOME"] = before
+
+
+def stop_local_server(home: Path) -> None:
+    """Stop the local server of ``home`` (by the pid its state file records), if one runs."""
+    from longrun.flows.server import ServerPaths, stop
+
+    stop(ServerPaths(home))
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,12 @@ resumed with it through ``longrun.flows.runner`` (imported only then).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from longrun.cli.common import EXIT_OK, Out, job_root
+from longrun.cli.connect import add_ephemeral
 from longrun.errors import LongrunError
 
 __all__ = ["PARSERS", "cmd_approve"]
@@ -84,6 +86,11 @@ def _resume_paused(request, args: argparse.Namespace) -> bool:
     flow_run_id, api_url = request.payload.flow_run_id, request.payload.api_url
     if not flow_run_id:
         return False
+    try:
+        api_url = _server_for(args, api_url)
+    except LongrunError as exc:  # no server to be had: the journaled decision is applied by `longrun resume`
+        print(f"note: {exc.message}; the decision is journaled", file=sys.stderr)
+        return False
     from longrun.flows.runner import resume_paused_run
 
     run_input = {"decision": "reject" if args.reject else "approve", "approver": args.approver, "comment": args.comment}
@@ -98,6 +105,24 @@ def _resume_paused(request, args: argparse.Namespace) -> bool:
     return True
 
 
+def _server_for(args: argparse.Namespace, recorded: str | None) -> str | None:
+    """The server holding the paused run: the one it recorded if that answers, else the local server (restarted).
+
+    Raises ``prefect_unavailable`` when the local server cannot be started.
+    """
+    from longrun.cli.connect import configured_api_url, ensure_local, wants_ephemeral
+    from longrun.flows.server import reachable
+
+    if recorded and reachable(recorded, timeout=5) is None:
+        return recorded
+    if recorded and recorded.startswith("http://127.0.0.1:") and not configured_api_url() and not wants_ephemeral(args):
+        # The local server was stopped since the pause: its database still holds the run.
+        server = ensure_local()
+        os.environ["PREFECT_API_URL"] = server.api_url
+        return server.api_url
+    return recorded  # None: the run was on the embedded server, whose database this process's embedded server opens
+
+
 def _add_approve(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("approve", parents=[common], help="approve (or --reject) a step a job waits for")
     s.add_argument("job", metavar="JOB")
@@ -105,6 +130,7 @@ def _add_approve(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--approver", required=True, help="who decides (journaled)")
     s.add_argument("--reject", action="store_true", help="reject instead of approve")
     s.add_argument("--comment", default="")
+    add_ephemeral(s)
     s.set_defaults(fn=cmd_approve)
 
 

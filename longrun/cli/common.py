@@ -12,10 +12,12 @@ Exit codes are stable:
 6     the job is WAITING_APPROVAL
 7     evidence upload failed (``evidence_upload_failed``); the local bundle is
       kept and ``longrun evidence push JOB`` retries
+8     no Prefect server could be reached or started (``prefect_unavailable``);
+      nothing ran and nothing was journaled
 130   interrupted (Ctrl-C); the job can be resumed
 ====  ===========================================================
 
-1, 2 and 7 are defined in ``longrun.errors`` (``exit_code_for`` maps an error
+1, 2, 7 and 8 are defined in ``longrun.errors`` (``exit_code_for`` maps an error
 code to them); the others are a job's status.
 """
 
@@ -27,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from longrun.errors import EXIT_BAD_INPUT, EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED
+from longrun.errors import EXIT_BAD_INPUT, EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED, EXIT_PREFECT_UNAVAILABLE
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -35,6 +37,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_PREFECT_UNAVAILABLE",
     "EXIT_REJECTED",
     "EXIT_STOPPED",
     "EXIT_STOPPED_BUDGET",

@@ -12,7 +12,8 @@ parameters, the spec's cron schedule in its IANA time zone, one run at a time
 (``ENQUEUE``), and the tags ``longrun``, ``job:<name>``, ``job-id:<jobId>`` plus
 the spec's tags. ``--pool`` (default ``longrun-process``; a missing pool is
 created as a process pool) registers it for workers of that pool; ``--serve``
-serves it from this process until Ctrl-C.
+serves it from this process until Ctrl-C, on the local Prefect server unless
+``PREFECT_API_URL`` is set or ``--ephemeral`` is given.
 
 ``trigger`` starts one intended run: ``run_deployment(..., timeout=0,
 idempotency_key=intended_run_key(jobId, --at, --key))``; repeated triggers of
@@ -31,6 +32,7 @@ import sys
 from typing import Any
 
 from longrun.cli.common import EXIT_OK, Out, job_root
+from longrun.cli.connect import add_ephemeral
 from longrun.errors import LongrunError
 
 __all__ = ["PARSERS", "cmd_deploy", "cmd_trigger"]
@@ -56,8 +58,12 @@ def _add_deploy(sub: Any, common: argparse.ArgumentParser) -> None:
         help=f"work pool for workers (default: {DEFAULT_POOL}; created as a process pool if missing)",
     )
     mode.add_argument(
-        "--serve", action="store_true", help="serve the deployment from this process until Ctrl-C (no work pool, no worker)"
+        "--serve",
+        action="store_true",
+        help="serve the deployment from this process until Ctrl-C (no work pool, no worker), on the local Prefect server "
+        "unless PREFECT_API_URL is set",
     )
+    add_ephemeral(s)
     s.add_argument("--name", default=None, metavar="DEPLOYMENT", help="deployment name (default: the job name)")
     s.add_argument(
         "--concurrency", type=int, default=1, metavar="N", help="runs of this deployment at the same time (default: 1)"
@@ -104,7 +110,7 @@ def _api_note() -> None:
     if not api_url():
         print(
             "note: PREFECT_API_URL is not set; using Prefect's embedded server (its database in $PREFECT_HOME). "
-            "Workers and the UI need a running server: prefect server start, then export PREFECT_API_URL.",
+            "Workers and the UI need a running server: longrun server start, then export PREFECT_API_URL=<its API URL>.",
             file=sys.stderr,
         )
 
@@ -140,6 +146,10 @@ def cmd_deploy(args: argparse.Namespace, out: Out) -> int:
         )
     except ValueError as exc:
         raise LongrunError(str(exc), code="usage_error") from None
+    if args.serve:
+        from longrun.cli.connect import connect
+
+        connect(args)  # the local server by default: served runs show in its UI
     from longrun.flows.deploy_runner import apply_deployment, next_run_times, runner_deployment, serve
 
     _api_note()

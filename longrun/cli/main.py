@@ -6,8 +6,8 @@ subparser (``PARSERS``); this module orders them and dispatches. Imports point
 one way: ``main`` imports the command modules, never the reverse.
 
 Prefect (and boto3) are imported only by the commands that need them, inside
-the command: ``validate``, ``plan``, ``status``, ``list``, ``tail``, ``stop``
-and ``verify`` of a local bundle never import either.
+the command: ``validate``, ``plan``, ``status``, ``list``, ``tail``, ``stop``,
+``server`` and ``verify`` of a local bundle never import either.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import sys
 
 from longrun import __version__
-from longrun.cli import apply, approve, deploy, evidence, jobs, run
+from longrun.cli import apply, approve, deploy, evidence, jobs, run, server
 from longrun.cli.common import EXIT_INTERRUPTED, EXIT_OK, PREFECT_DEFAULTS, Out
 from longrun.errors import LongrunError, exit_code_for
 
@@ -41,6 +41,7 @@ COMMANDS = (
     "trigger",
     "evidence",
     "verify",
+    "server",
 )
 
 
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"longrun {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Built on every call: each command binds its function (fn) now, so a patched cmd_* is the one run.
-    adders = jobs.PARSERS | run.PARSERS | approve.PARSERS | apply.PARSERS | deploy.PARSERS | evidence.PARSERS
+    adders = jobs.PARSERS | run.PARSERS | approve.PARSERS | apply.PARSERS | deploy.PARSERS | evidence.PARSERS | server.PARSERS
     for name in COMMANDS:
         adders[name](sub, common)
     return p

@@ -2,7 +2,9 @@
 
 Prefect is imported (through ``longrun.flows.runner``) only once the job is
 known to need a run: a COMPLETED or REJECTED job, a bad spec or a failed
-preflight are reported without it.
+preflight are reported without it. The server is chosen just before that
+(``longrun.cli.connect``: ``PREFECT_API_URL``, else the local server, else
+``--ephemeral``'s embedded one).
 """
 
 from __future__ import annotations
@@ -21,21 +23,24 @@ from longrun.cli.common import (
     Out,
     job_root,
 )
+from longrun.cli.connect import add_ephemeral
 from longrun.errors import LongrunError, exit_code_for
 
 __all__ = ["PARSERS", "cmd_resume", "cmd_run"]
 
 
-def _run_flow(loaded, root: Path, out: Out, *, job_id: str | None = None, force: bool = False) -> int:
+def _run_flow(args: argparse.Namespace, loaded, root: Path, out: Out, *, job_id: str | None = None) -> int:
     """Run the job's flow in this process and report its outcome from the journal."""
+    from longrun.cli.connect import connect
     from longrun.engine.preflight import preflight
     from longrun.journal.registry import find_job
 
     preflight(loaded, root, loaded.source.parent if loaded.source else None)
+    api_url = connect(args)  # before Prefect is imported; prefect_unavailable if no server can be had
     from longrun.flows.runner import run_job_flow
 
     try:
-        end = run_job_flow(loaded, root, job_id=job_id, force=force)
+        end = run_job_flow(loaded, root, job_id=job_id, force=args.force, api_url=api_url)
     except KeyboardInterrupt:
         print("interrupted; resume with: longrun resume " + loaded.job_id, file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -102,7 +107,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
         record = None
     if record is not None and (code := _already_over(record, record.state(), out)) is not None:
         return code
-    return _run_flow(loaded, root, out, force=args.force)
+    return _run_flow(args, loaded, root, out)
 
 
 def cmd_resume(args: argparse.Namespace, out: Out) -> int:
@@ -125,7 +130,7 @@ def cmd_resume(args: argparse.Namespace, out: Out) -> int:
     root_stop = root / ".maestro" / "STOP"
     if root_stop.exists():
         print(f"note: the root-wide stop file {root_stop} is present; the job stops again until it is removed", file=sys.stderr)
-    return _run_flow(loaded, root, out, job_id=record.job_id, force=args.force)
+    return _run_flow(args, loaded, root, out, job_id=record.job_id)
 
 
 # ---------------------------------------------------------------- parsers
@@ -137,6 +142,7 @@ def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("run", parents=[common], help="run (or continue) the job a spec describes")
     s.add_argument("path", metavar="PATH")
     s.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    add_ephemeral(s)
     s.set_defaults(fn=cmd_run)
 
 
@@ -144,6 +150,7 @@ def _add_resume(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("resume", parents=[common], help="continue a stopped or crashed job")
     s.add_argument("job", metavar="JOB")
     s.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    add_ephemeral(s)
     s.set_defaults(fn=cmd_resume)
 
 

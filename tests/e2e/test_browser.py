@@ -1,15 +1,15 @@
 """An approval decided in a real browser, in the Prefect UI a user would open.
 
-A module fixture starts its own ``prefect server start`` with the UI enabled
-(the session's ``prefect_server`` turns the UI off). A job with two approval
-checkpoints runs as a ``longrun run`` subprocess against it, and headless
-Chromium (Debian's ``/usr/bin/chromium``, driven by the ``playwright`` Python
-package over CDP) answers both from the flow run page:
+A job with two approval checkpoints runs as a ``longrun run`` subprocess with
+no ``PREFECT_API_URL`` and an empty ``LONGRUN_HOME``, so the command starts the
+local Prefect server (``longrun.flows.server``, UI on) and the run pauses
+there. Headless Chromium (Debian's ``/usr/bin/chromium``, driven by the
+``playwright`` Python package over CDP) answers both from the flow run page:
 
-* ``before-work`` in the V1 UI (``/runs/flow-run/<id>``): the **Resume**
-  button opens the run-input form;
+* ``before-work`` in the V1 UI, at the URL the approval prompt printed
+  (``/runs/flow-run/<id>``): the **Resume** button opens the run-input form;
 * ``release`` in the V2 UI (``/v2/runs/flow-run/<id>``, what ``/`` opens by
-  default in Prefect 3.8): the run's ``Open menu`` → **Resume**.
+  default since Prefect 3.8): the run's ``Open menu`` → **Resume**.
 
 The job must then complete with both approvers journaled, and the finished
 run page must show the run Completed with its artifacts; a screenshot of it
@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import PrefectServer, api, stop_group, wait_paused, write_job
+from conftest import api, stop_group, stop_local_server, wait_paused, write_job
 
 from longrun.journal.local import Journal
 from longrun.spec import load_spec
@@ -100,22 +100,6 @@ def _post_json(url: str, body: dict) -> object:
     resp = api("POST", url, body)
     resp.raise_for_status()
     return resp.json()
-
-
-@pytest.fixture(scope="module")
-def ui_server(tmp_path_factory):
-    """``prefect server start`` with the UI on, on 127.0.0.1 and a free port."""
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-ui-home"), ui=True)
-
-    def ui_ready() -> bool:
-        status, ctype, body = _get(f"{server.base}/")
-        return status == 200 and "text/html" in ctype and "<html" in body.lower()
-
-    try:
-        server.wait(ui_ready, timeout=120)  # the first start copies the UI bundles
-        yield {"base": server.base, "api": server.url, "home": str(server.home)}
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -235,19 +219,32 @@ def approve_in_v2(page, base: str, flow_run_id: str, job_id: str, approver: str,
 # ------------------------------------------------------------------ the test
 
 
-def test_approve_in_the_prefect_ui_and_see_the_completed_run(ui_server, page, background, tmp_path):
-    base, api = ui_server["base"], ui_server["api"]
+@pytest.fixture
+def local_home(tmp_path):
+    """An empty LONGRUN_HOME; the local server ``longrun run`` starts in it is stopped (by its pid) at teardown."""
+    home = tmp_path / "longrun-home"
+    yield home
+    stop_local_server(home)
+
+
+def test_approve_in_the_ui_of_the_local_server_and_see_the_completed_run(local_home, page, background, tmp_path):
     spec = write_job(tmp_path, SPEC.format(name="ui-approval"))
     job_id = load_spec(spec).job_id
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": ui_server["home"], "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"LONGRUN_HOME": str(local_home), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     proc = background(tmp_path, env, "run", str(spec))
     journal = Journal(JobPaths(tmp_path, job_id).events_file)
 
     step = "start"
     try:
         step = "before-work (V1 UI)"
-        req = wait_paused(journal, "before-work", proc, deadline_s=60).payload.model_dump()
-        assert req["api_url"] == api
+        # A first start migrates a new database: allow for it on a loaded machine.
+        req = wait_paused(journal, "before-work", proc, deadline_s=300).payload.model_dump()
+        server = json.loads((local_home / "server.json").read_text())
+        base, api = server["ui_url"], server["api_url"]
+        assert req["api_url"] == api and base.startswith("http://127.0.0.1:")
+        status, ctype, body = _get(f"{base}/")
+        assert status == 200 and "text/html" in ctype and "<html" in body.lower()  # the server serves its UI
         flow_run_id = req["flow_run_id"]
         assert not (tmp_path / "ws" / "ran.txt").exists()  # nothing ran before the approval
         approve_in_v1(page, base, flow_run_id, job_id, "ui-alice", "looks good in v1")
@@ -261,6 +258,9 @@ def test_approve_in_the_prefect_ui_and_see_the_completed_run(ui_server, page, ba
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert json.loads(out)["status"] == "COMPLETED"
+        # The prompt named the server's UI and the paused run's page in it (where the approval was given).
+        assert f"Prefect UI: {base}" in err.splitlines()
+        assert f"approve in the Prefect UI ({base}/runs/flow-run/{flow_run_id})" in err
         events = journal.read()
         decided = [
             (e.type, e.payload.step, e.payload.approver, e.payload.comment) for e in events if e.type in ("approved", "rejected")

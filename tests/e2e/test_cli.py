@@ -200,12 +200,13 @@ def test_run_exit_code_for_stopped_job(cli_env, tmp_path):
 @pytest.mark.prefect
 @pytest.mark.slow
 def test_readme_example_on_the_ephemeral_server(tmp_path):
-    """The README's first command, on a fresh PREFECT_HOME with no server configured."""
+    """The README's first command with ``--ephemeral``, on a fresh PREFECT_HOME: no local server is started."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["LONGRUN_HOME"] = str(tmp_path / "longrun-home")
     shutil.copytree(EXAMPLES, tmp_path / "jobspecs" / "examples")
     r = subprocess.run(
-        ["longrun", "run", "jobspecs/examples/fix-failing-test.yaml"],
+        ["longrun", "run", "jobspecs/examples/fix-failing-test.yaml", "--ephemeral"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -217,6 +218,8 @@ def test_readme_example_on_the_ephemeral_server(tmp_path):
     # A calm terminal: progress lines, no tracebacks, no telemetry noise.
     assert "Traceback" not in r.stderr and "ERROR" not in r.stderr and "analytics" not in r.stderr.lower()
     assert "iteration 1" in r.stderr and "iteration 2" in r.stderr and "gate tests" in r.stderr
+    assert "Prefect UI" not in r.stderr and not (tmp_path / "longrun-home").exists()
+    assert (tmp_path / "prefect-home" / "prefect.db").exists()  # the embedded server's database
     st = json.loads(
         subprocess.run(
             ["longrun", "status", "fix-failing-test", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True

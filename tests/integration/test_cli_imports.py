@@ -44,6 +44,7 @@ COMMANDS = {
     "verify manifest": (["verify", "{manifest}"], 0),
     "verify --strict": (["verify", "{job}", "--strict", "--root", "{root}"], 0),
     "stop": (["stop", "{job}", "--by", "test", "--root", "{root}"], 0),
+    "server status": (["server", "status"], 0),
     "parser and help only": ([], 0),
 }
 
