@@ -163,7 +163,7 @@ quality_gates:
     assert "stdout line" in log and "stderr line" in log
     state = Journal(JobPaths(tmp_path, out["job_id"]).events_file).state()
     assert state.usd_total == pytest.approx(0.75) and state.tokens_total == 21
-    assert state.stage_results[1]["build"]["usage"]["model"] == "reported"
+    assert state.stage_results[1]["build"].usage.model == "reported"
 
 
 def test_max_iterations_stops(prefect_server, tmp_path):

@@ -626,7 +626,7 @@ def test_resumed_escalation_is_not_escalated_again(cli_env, background, tmp_path
                 cli("approve", job_id, "--step", "escalate:ready", "--approver", "erin", root=tmp_path, env=cli_env).returncode
                 == 0
             )
-    assert journal(tmp_path, job_id).state().approvals["escalate:ready"]["iteration"] == 1
+    assert journal(tmp_path, job_id).state().approvals["escalate:ready"].iteration == 1
     r = cli("resume", job_id, "--json", root=tmp_path, env=cli_env)
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert (json.loads(r.stdout)["status"], json.loads(r.stdout)["iterations"]) == ("COMPLETED", 2)
