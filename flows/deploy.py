@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longrun.spec.loader import spec_document
 from longrun.storage.paths import JOB_ID_RE
 
 if TYPE_CHECKING:
@@ -115,6 +114,8 @@ def check_name(name: str, what: str = "deployment name") -> str:
 
 def canonical_spec(loaded: LoadedSpec) -> dict[str, Any]:
     """The spec as a dict (every effective field): the ``spec`` parameter of every deployment."""
+    from longrun.spec.loader import spec_document  # the spec models load only when a spec is needed
+
     return spec_document(loaded.spec)
 
 

@@ -8,8 +8,8 @@ One journal line is one JSON object::
 
 Each event type is one envelope class (``type: Literal[...]``) carrying one
 payload class (:mod:`longrun.journal.payloads`), built from the one table
-:data:`~longrun.journal.payloads.PAYLOADS`; :data:`EventAdapter` parses a raw
-dict through a union discriminated on ``type``.
+:data:`~longrun.journal.payloads.PAYLOADS`; :func:`parse_event` validates a raw
+dict by its ``type``; ``EventAdapter`` (the discriminated union of every envelope) is built on first use.
 
 Versioning: lines are read through :func:`parse_event`, which upcasts older
 versions step by step (``_UPCASTERS``: version → (next version, step)) until
@@ -48,7 +48,8 @@ EVENT_VERSION = "job_event_v1"
 class Event(BaseModel):
     """The envelope every journal line shares; subclasses fix ``type`` and ``payload``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Built on first use: a command that reads a journal pays only for the event types in it.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     seq: int = Field(ge=1)
     type: str
@@ -103,8 +104,14 @@ EVENT_TYPES: Mapping[str, type[Event]] = {name: _envelope(name, payload) for nam
 #: type name → payload class.
 PAYLOAD_TYPES: Mapping[str, type[Payload]] = PAYLOADS
 
-AnyEvent = Annotated[Union[tuple(EVENT_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
-EventAdapter: TypeAdapter[Event] = TypeAdapter(AnyEvent)  # type: ignore[arg-type]
+
+def __getattr__(name: str) -> Any:
+    """``AnyEvent`` and ``EventAdapter`` (the discriminated union of every envelope), built on first use."""
+    if name in ("AnyEvent", "EventAdapter"):
+        any_event = Annotated[Union[tuple(EVENT_TYPES.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+        globals().update(AnyEvent=any_event, EventAdapter=TypeAdapter(any_event))  # type: ignore[arg-type]
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- versions
@@ -157,7 +164,7 @@ def parse_event(raw: Mapping[str, Any]) -> Event:
     if kind not in EVENT_TYPES:
         raise JournalCorrupt(f"unknown event type {kind!r} for version {EVENT_VERSION} (known: {', '.join(sorted(EVENT_TYPES))})")
     try:
-        return EventAdapter.validate_python(event)
+        return EVENT_TYPES[str(kind)].model_validate(event)
     except ValidationError as exc:
         raise JournalCorrupt(f"invalid {kind} event: {_summarise(exc)}") from exc
 
@@ -206,9 +213,7 @@ __all__ = [
     "EVENT_TYPES",
     "EVENT_VERSION",
     "PAYLOAD_TYPES",
-    "AnyEvent",
     "Event",
-    "EventAdapter",
     "Upcaster",
     "build_event",
     "format_ts",

@@ -55,7 +55,7 @@ def format_ts(ts: datetime) -> str:
 class Payload(BaseModel):
     """Base of every payload: frozen, tolerant of fields from newer writers."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
 
     #: Optional fields added to a type after it was first written: not written while None.
     omit_if_none: ClassVar[frozenset[str]] = frozenset()

@@ -12,13 +12,17 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longrun import atomicio
 from longrun.errors import JobNotFound
 from longrun.journal.local import Journal
 from longrun.journal.payloads import RunFailed, RunStarted
 from longrun.journal.state import RunState
-from longrun.spec.loader import LoadedSpec, load_canonical
+
+if TYPE_CHECKING:
+    from longrun.spec.loader import LoadedSpec
+
 from longrun.storage.paths import JOB_ID_RE, JobPaths, jobs_dir
 
 
@@ -51,6 +55,8 @@ class JobRecord:
         The id is not recomputed: a newer longrun may add defaulted fields,
         which would change the hash of the same spec and orphan the job.
         """
+        from longrun.spec.loader import load_canonical  # the spec models load only when a spec is needed
+
         text = self.paths.spec_file.read_text(encoding="utf-8")
         loaded = load_canonical(text, file=str(self.paths.spec_file))
         return replace(loaded, job_id=self.job_id, canonical=text.rstrip("\n"))
