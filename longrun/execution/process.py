@@ -242,6 +242,12 @@ def _group_members(pgid: int) -> list[int] | None:
 
 def _group_alive(pgid: int) -> bool:
     """True while any non-zombie process remains in group ``pgid``."""
+    try:  # the common case, a group already empty, needs no scan of /proc
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
     members = _group_members(pgid)
     if members is not None:
         return bool(members)
