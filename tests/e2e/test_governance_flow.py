@@ -773,10 +773,10 @@ stop_conditions: {{max_iterations: 5}}
     assert gates["ok"].passed is True
     scope = gates["scope"]
     assert (scope.kind, scope.required, scope.passed) == ("scope", True, False)
-    assert scope.evidence["scope_paths"] == ["src"]
-    assert scope.evidence["matched"] == ["README.md", "notes.txt"]
+    assert scope.evidence["scope_paths"] == ("src",)  # payload records are frozen: lists read back as tuples
+    assert scope.evidence["matched"] == ("README.md", "notes.txt")
     finished = {e.payload.stage: e.payload for e in events(tmp_path, job_id, "stage_finished")}
-    assert finished["edit"].out_of_scope == ["README.md", "notes.txt"]
+    assert finished["edit"].out_of_scope == ("README.md", "notes.txt")
     assert "gate 'scope'" in events(tmp_path, job_id, "run_failed")[0].payload.message
 
 
@@ -796,7 +796,7 @@ quality_gates: {{required: [{ALWAYS}]}}
     assert (out["status"], out["reason"]) == ("FAILED", "gate_failed")
     assert not (tmp_path / "ws" / "scratch.txt").exists()
     scope = {e.payload.gate: e.payload for e in events(tmp_path, out["job_id"], "gate_evaluated")}["scope"]
-    assert scope.passed is False and scope.evidence["matched"] == ["scratch.txt"]
+    assert scope.passed is False and scope.evidence["matched"] == ("scratch.txt",)
 
 
 def test_changes_inside_scope_pass_the_scope_gate(prefect_server, tmp_path):
@@ -815,7 +815,7 @@ quality_gates: {{required: [{ALWAYS}]}}
     assert (out["status"], out["iterations"]) == ("COMPLETED", 1)
     gates = {e.payload.gate: e.payload for e in events(tmp_path, out["job_id"], "gate_evaluated")}
     assert set(gates) == {"ok", "scope"}
-    assert gates["scope"].passed is True and gates["scope"].evidence == {"scope_paths": ["src", "tests"], "matched": []}
+    assert gates["scope"].passed is True and gates["scope"].evidence == {"scope_paths": ("src", "tests"), "matched": ()}
     finished = events(tmp_path, out["job_id"], "stage_finished")[0].payload
     assert finished.out_of_scope is None
     patch = (JobPaths(tmp_path, out["job_id"]).iteration_dir(1) / "patch.diff").read_text()
@@ -838,7 +838,7 @@ quality_gates:
     out = run_flow(spec, tmp_path)
     assert (out["status"], out["iterations"]) == ("COMPLETED", 1)
     touched = events(tmp_path, out["job_id"], "gate_evaluated")[0].payload
-    assert touched.passed is True and touched.evidence == {"pattern": "src/*", "matched": ["src/app.py"]}
+    assert touched.passed is True and touched.evidence == {"pattern": "src/*", "matched": ("src/app.py",)}
 
 
 # ------------------------------------------------------------------ 6. path escapes (G4)
@@ -1001,7 +1001,7 @@ quality_gates:
     assert git(ws, "status", "--porcelain") == ""
     assert git(ws, "branch", "--list", f"longrun/{job_id}") == ""
     (done,) = events(tmp_path, job_id, "patches_applied")
-    assert (done.payload.head, done.payload.patches, done.payload.repo) == (applied["head"], applied["patches"], str(ws))
+    assert (done.payload.head, done.payload.patches, done.payload.repo) == (applied["head"], tuple(applied["patches"]), str(ws))
 
     # Applying again changes nothing and says so (git am alone would report success again).
     r = cli("apply", job_id, "--json", root=tmp_path, env=cli_env)

@@ -92,7 +92,7 @@ def test_readme_first_command_under_load_then_the_server_is_reused_and_stopped(t
         r = longrun("run", "jobspecs/examples/fix-failing-test.yaml", cwd=tmp_path, env=env)
         assert all(h.poll() is None for h in cpu_hogs)  # the load lasted the whole run
         assert r.returncode == 0, r.stderr
-        assert "fix-failing-test (8435a1cfabb7): COMPLETED after 2 iteration(s)" in r.stdout
+        assert "fix-failing-test (5ca6a4da52ac): COMPLETED after 2 iteration(s)" in r.stdout
         assert "starting a local Prefect server (first start migrates its database)…" in r.stderr
         assert re.search(r"^local Prefect server ready after \d+s$", r.stderr, flags=re.M), r.stderr
         ui = re.search(r"^Prefect UI: (http://127\.0\.0\.1:(\d+))$", r.stderr, flags=re.M)

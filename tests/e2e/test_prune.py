@@ -93,7 +93,7 @@ def test_prune_removes_old_iterations_the_bundle_holds_and_evidence_still_verifi
     assert not (paths.results_meta / job_id / "1").exists() and (paths.results_meta / job_id / "3").is_dir()
     assert {p.relative_to(paths.checkpoints): sha(p) for p in paths.iteration_dir(3).rglob("*") if p.is_file()} == kept
     (event,) = pruned_events(paths)
-    assert (event.payload.iterations, event.payload.by) == ([1, 2], "ops")
+    assert (event.payload.iterations, event.payload.by) == ((1, 2), "ops")
     assert sha(bundle) == bundle_sha  # the record of the pruned iterations is untouched
     status = longrun_cli("status", job_id, "--json", "--root", str(tmp_path), cwd=tmp_path)
     assert json.loads(status.stdout)["pruned_iterations"] == [1, 2]
@@ -187,7 +187,7 @@ def test_prune_removes_a_stopped_job_s_worktree_but_keeps_its_branch_and_checkpo
     assert f"longrun/{clean['job_id']}" in branches  # committed work stays reachable; resume checks it out again
     assert JobPaths(tmp_path, clean["job_id"]).iteration_dir(1).is_dir()
     (event,) = pruned_events(JobPaths(tmp_path, clean["job_id"]))
-    assert (event.payload.worktree, event.payload.iterations) == (str(wt), [])
+    assert (event.payload.worktree, event.payload.iterations) == (str(wt), ())
 
 
 @pytest.mark.prefect
