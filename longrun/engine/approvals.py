@@ -96,12 +96,11 @@ def ask(e: Engine, step: str, iteration: int, what: str) -> Decision:
         s.emit("approval_timeout", {"step": step, "iteration": iteration, "timeout_s": timeout})
         s.say(f"  approval {step!r} timed out after {timeout:g}s; approve, then: longrun resume {s.rt.job_id}")
         return "timeout"
-    if journaled is not None:
+    if journaled is not None or answer is None:
         decision: Decision = "approved" if journaled == "approved" else "rejected"
         record = s.state.approvals[step]
         who, comment = record.approver, record.comment or ""
     else:
-        assert answer is not None
         decision = "approved" if answer.decision == "approve" else "rejected"
         who, comment = answer.approver, answer.comment
         s.emit(decision, {"step": step, "iteration": iteration, "approver": who, "comment": comment})

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from longrun.engine import approvals
 from longrun.governance.policy import judge_iteration
+from longrun.journal.payloads import escalation_step
 
 if TYPE_CHECKING:
     from longrun.engine.loop import Engine
@@ -26,17 +27,16 @@ def conclude(e: Engine, iteration: int) -> bool:
             s.emit("run_failed", {"code": verdict.code, "message": verdict.reason})
             s.say(f"failed after {iteration} iteration(s): {verdict.reason}")
             return False
+        step = verdict.step or escalation_step(verdict.gate or "")
         if verdict.action == "escalate":
-            assert verdict.step is not None
-            if approvals.decided(s.state, verdict.step, iteration) == "approved":
+            if approvals.decided(s.state, step, iteration) == "approved":
                 return True  # answered while no run was active: go on with the next iteration
-            s.emit("escalated", {"iteration": iteration, "gate": verdict.gate, "reason": verdict.reason, "step": verdict.step})
+            s.emit("escalated", {"iteration": iteration, "gate": verdict.gate, "reason": verdict.reason, "step": step})
             # Approved: the policy grants a fresh round of retries.
             what = f"continue after gate {verdict.gate!r} failed: {verdict.reason}"
-            return approvals.ask(e, verdict.step, iteration, what) == "approved"
+            return approvals.ask(e, step, iteration, what) == "approved"
         if verdict.action == "approval":
-            assert verdict.step is not None
-            if approvals.ask(e, verdict.step, iteration, f"pass approval gate {verdict.gate!r}") != "approved":
+            if approvals.ask(e, step, iteration, f"pass approval gate {verdict.gate!r}") != "approved":
                 return False
             continue  # judge again: the approval gate now passes
         for a in rt.spec.approvals:

@@ -69,14 +69,14 @@ class Engine:
             d = self.governor.check(s.state, s.now(), *expected, lineage_usd=lineage[0], lineage_tokens=lineage[1])
             if d is None:
                 return True
-            if d.action == "stop":
+            until = d.until
+            if d.action == "stop" or until is None:
                 s.emit("stopped_budget", d.stopped_budget_payload())
                 s.say(f"stopped by budget before {what}: {d.reason} limit {d.limit} ({human(d.counters)})")
                 return False
-            assert d.until is not None
-            s.emit("budget_wait", {"until": d.until, "reason": d.reason, "counters": d.counters})
-            s.say(f"budget: {d.reason} limit reached; waiting until {d.until.isoformat()}")
-            while (left := (d.until - s.now()).total_seconds()) > 0:
+            s.emit("budget_wait", {"until": until, "reason": d.reason, "counters": d.counters})
+            s.say(f"budget: {d.reason} limit reached; waiting until {until.isoformat()}")
+            while (left := (until - s.now()).total_seconds()) > 0:
                 if self.stop_now():
                     return False
                 s.ports.clock.sleep(min(1.0, left))
