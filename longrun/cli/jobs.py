@@ -235,7 +235,7 @@ def _event_line(event) -> str:
 
 def cmd_tail(args: argparse.Namespace, out: Out) -> int:
     from longrun.journal.fold import apply, replay
-    from longrun.journal.registry import find_job, last_run_started, live_local_pid
+    from longrun.journal.registry import find_job, live_local_pid
 
     record = find_job(job_root(args), args.job)
     journal = record.journal
@@ -264,7 +264,7 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
             return False
         if state.status in ("WAITING_APPROVAL", "APPROVED"):
             # A run paused in place (pause_flow_run) is still alive and goes on after the decision.
-            return live_local_pid(last_run_started(journal)) is None
+            return live_local_pid(state.last_run) is None
         return state.is_terminal
 
     try:

@@ -118,9 +118,8 @@ class Journal:
         Raises :class:`JournalCorrupt` (naming the line) for a malformed line
         or a seq that does not increase.
         """
-        events, *cursor = self._scan(0, 0, 0)
-        self._cursor = (cursor[0], cursor[1], cursor[2])
-        return events
+        self._cursor = (0, 0, 0)
+        return self.tail()
 
     def tail(self) -> list[Event]:
         """Events appended since the last :meth:`read` or :meth:`tail` of this object.
@@ -149,10 +148,9 @@ class Journal:
         poll's events are yielded, ends once ``stop()`` returns True. Without
         ``stop`` it follows forever. A missing journal is waited for.
         """
-        offset, lineno, last_seq = 0, 0, 0
+        cursor = Journal(self.path)  # its own read cursor: a read() by ``stop`` cannot skip events here
         while True:
-            events, offset, lineno, last_seq = self._scan(offset, lineno, last_seq)
-            for event in events:
+            for event in cursor.tail():
                 if event.seq > after_seq:
                     yield event
             if stop is not None and stop():

@@ -103,11 +103,6 @@ def find_job(root: Path, ref: str) -> JobRecord:
     return (by_name or matches)[0]
 
 
-def last_run_started(journal: Journal) -> RunStarted | None:
-    """The payload of the journal's last ``run_started``, or None."""
-    return journal.state().last_run
-
-
 def live_local_pid(started: RunStarted | None) -> int | None:
     """The pid a ``run_started`` payload names, if that process is alive on this host.
 
