@@ -15,7 +15,7 @@ def finish(s: Session) -> None:
         patches = worktree.export_patches(rt.workdir, worktree.fork_point(rt.repo, rt.job_id), out)
         worktree.remove_worktree(rt.repo, rt.workdir)
         s.say(f"exported {len(patches)} patch(es) to {out}; apply with: longrun apply {rt.job_id}")
-    outcome = finalize_evidence(rt.root, rt.job_id, rt.spec.evidence.store, s.ports.journal)  # type: ignore[arg-type]
+    outcome = finalize_evidence(rt.root, rt.job_id, rt.spec.evidence.store, s.ports.journal)
     s.sync()
     if outcome.upload_failed:
         s.say(
@@ -38,5 +38,5 @@ def finish(s: Session) -> None:
             s.emit("run_failed", {"code": "strict_contract_failed", "message": "; ".join(report.problems)})
             s.say("strict: completion contract FAILED: " + "; ".join(report.problems))
             # The bundle must carry the verdict: build it again over the final journal.
-            finalize_evidence(rt.root, rt.job_id, rt.spec.evidence.store, s.ports.journal)  # type: ignore[arg-type]
+            finalize_evidence(rt.root, rt.job_id, rt.spec.evidence.store, s.ports.journal)
             s.sync()

@@ -14,20 +14,28 @@ in the store always has its bundle beside it).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from longrun.errors import EvidenceStoreInvalid, LongrunError
 from longrun.evidence.bundle import BundleResult, build_bundle
 from longrun.evidence.verify import load_bundle, verify
-from longrun.journal.local import Journal
 from longrun.storage import EvidenceStore, StoredObject, resolve_store
 from longrun.storage.paths import check_job_id
 
 __all__ = ["EvidenceOutcome", "finalize_evidence", "push_evidence", "remote_keys"]
 
 OutcomeStatus = Literal["local", "uploaded", "upload_failed"]
+
+
+class EventSink(Protocol):
+    """Where evidence events go: the local :class:`~longrun.journal.local.Journal` or the engine's journal port."""
+
+    def append(self, type: str, payload: Mapping[str, Any], *, job_id: str) -> object:
+        """Append one event."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: Journal) -> EvidenceOutcome:
+def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: EventSink) -> EvidenceOutcome:
     """Build the bundle, journal ``evidence_built``, and upload it when a store is configured.
 
     ``store_ref`` is the spec's ``evidence.store`` (None: local only). Build
@@ -103,7 +111,7 @@ def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: J
     return _upload(root, bundle, store_ref, journal)
 
 
-def push_evidence(root: Path, job_id: str, store_ref: str | None, journal: Journal) -> EvidenceOutcome:
+def push_evidence(root: Path, job_id: str, store_ref: str | None, journal: EventSink) -> EvidenceOutcome:
     """Upload the bundle already built for ``job_id`` (``longrun evidence push JOB``).
 
     The local bundle is verified against its manifest first; a bundle that does
@@ -120,7 +128,7 @@ def push_evidence(root: Path, job_id: str, store_ref: str | None, journal: Journ
     return _upload(root, bundle, store_ref, journal)
 
 
-def _upload(root: Path, bundle: BundleResult, store_ref: str, journal: Journal) -> EvidenceOutcome:
+def _upload(root: Path, bundle: BundleResult, store_ref: str, journal: EventSink) -> EvidenceOutcome:
     tar_key, manifest_key = remote_keys(bundle.job_id)
     store_uri = store_ref
     try:
