@@ -149,3 +149,11 @@ class LivenessPort(Protocol):
     def flow_run_alive(self, flow_run_id: str) -> str | None:
         """A description if the flow run is still running or paused, else None."""
         ...
+
+
+class StartLock(Protocol):
+    """The job's start lock (one start of a job at a time), held until the run has journaled ``run_started``."""
+
+    def release(self) -> None:
+        """Let go; idempotent."""
+        ...

@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from longrun.engine.ports import ApproverPort, Clock, Executor, JournalPort, LivenessPort, ProgressPort, RecordPort, WorkspacePort
+from longrun.engine.ports import (
+    ApproverPort,
+    Clock,
+    Executor,
+    JournalPort,
+    LivenessPort,
+    ProgressPort,
+    RecordPort,
+    StartLock,
+    WorkspacePort,
+)
 from longrun.execution.runtime import JobRuntime
 from longrun.governance.lineage import LineageSpend
 from longrun.journal.events import Event
@@ -34,6 +44,11 @@ class SystemClock:
         time.sleep(seconds)
 
 
+class NoLock:
+    def release(self) -> None:
+        return None
+
+
 class NoLiveness:
     def flow_run_alive(self, flow_run_id: str) -> str | None:
         return None
@@ -49,15 +64,19 @@ class Ports:
     progress: ProgressPort
     clock: Clock = field(default_factory=SystemClock)
     liveness: LivenessPort = field(default_factory=NoLiveness)
+    #: The job's start lock, held by the caller until this run has started (released by the engine).
+    start_lock: StartLock = field(default_factory=NoLock)
 
 
 class Session:
     """One run of one job: the runtime, the ports and the state folded so far."""
 
-    def __init__(self, rt: JobRuntime, ports: Ports, *, lineage: LineageSpend | None = None) -> None:
+    def __init__(self, rt: JobRuntime, ports: Ports, *, lineage: LineageSpend | None = None, prior_usd: float = 0.0) -> None:
         self.rt = rt
         self.ports = ports
         self.state: RunState = replay(ports.journal.read())
+        #: USD the job's other runs spent (``budgets.job_total_usd``); they are over or not live, so it is fixed.
+        self.prior_usd = prior_usd
         #: The spend of the job's descendants (SPEC S4), read incrementally.
         self.lineage = lineage if lineage is not None else LineageSpend(rt.root, rt.job_id)
 

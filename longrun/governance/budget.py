@@ -54,6 +54,7 @@ __all__ = [
     "Usage",
     "expected_iteration_spend",
     "expected_stage_spend",
+    "max_job_total_usd",
     "max_tokens",
     "max_total_usd",
     "max_usd_per_hour",
@@ -67,7 +68,7 @@ HOUR = timedelta(minutes=60)
 #: Float noise tolerated in USD comparisons.
 _EPS = 1e-9
 
-Reason = Literal["total_usd", "tokens", "per_hour_usd"]
+Reason = Literal["total_usd", "tokens", "per_hour_usd", "job_total_usd"]
 
 
 def _r(x: float) -> float:
@@ -140,6 +141,8 @@ class BudgetInput:
     #: Spend of other jobs charged to this budget (a lineage's children; see lineage.spend_for_root).
     lineage_usd: float = 0.0
     lineage_tokens: int = 0
+    #: USD the job's other runs spent (``job_total_usd``).
+    job_prior_usd: float = 0.0
 
     def counters(self) -> dict[str, Any]:
         """The evidence journaled with a decision (``stopped_budget.counters``)."""
@@ -154,6 +157,8 @@ class BudgetInput:
         if self.lineage_usd or self.lineage_tokens:
             out["lineage_usd"] = _r(self.lineage_usd)
             out["lineage_tokens"] = self.lineage_tokens
+        if self.job_prior_usd:
+            out["job_usd_total"] = _r(u.usd_total + self.lineage_usd + self.job_prior_usd)
         return out
 
 
@@ -223,6 +228,19 @@ class max_total_usd(BudgetLimit):
 
 
 @dataclass(frozen=True)
+class max_job_total_usd(BudgetLimit):
+    """USD of this run plus every other run of the job (``budgets.job_total_usd``)."""
+
+    limit: float
+
+    def __call__(self, inp: BudgetInput) -> BudgetDecision | None:
+        current = inp.state.usd_total + inp.lineage_usd + inp.job_prior_usd
+        if _crosses(current, inp.expected_usd, self.limit, _EPS):
+            return BudgetDecision("job_total_usd", self.limit, inp.counters())
+        return None
+
+
+@dataclass(frozen=True)
 class max_tokens(BudgetLimit):
     limit: int
 
@@ -282,6 +300,8 @@ class BudgetGovernor:
         policy: BudgetLimit = _Never()
         if budgets.total_usd is not None:
             policy = policy | max_total_usd(budgets.total_usd)
+        if budgets.job_total_usd is not None:
+            policy = policy | max_job_total_usd(budgets.job_total_usd)
         if budgets.tokens is not None:
             policy = policy | max_tokens(budgets.tokens)
         if self.hourly is not None:
@@ -297,8 +317,9 @@ class BudgetGovernor:
         *,
         lineage_usd: float = 0.0,
         lineage_tokens: int = 0,
+        job_prior_usd: float = 0.0,
     ) -> BudgetDecision | None:
-        inp = BudgetInput(state, now, expected_usd, expected_tokens, lineage_usd, lineage_tokens)
+        inp = BudgetInput(state, now, expected_usd, expected_tokens, lineage_usd, lineage_tokens, job_prior_usd)
         decision = self.policy(inp)
         if decision is None or decision.reason != "per_hour_usd" or self.budgets.on_hourly_limit != "wait":
             return decision

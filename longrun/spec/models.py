@@ -77,9 +77,12 @@ class FailurePolicy(_Model):
 
 class Budgets(_Model):
     per_hour_usd: float | None = Field(None, ge=0, description="USD over a sliding 60-minute window.")
-    total_usd: float | None = Field(None, ge=0, description="USD over the whole job.")
-    tokens: int | None = Field(None, ge=0, description="Tokens over the whole job.")
+    total_usd: float | None = Field(None, ge=0, description="USD over one run of the job.")
+    tokens: int | None = Field(None, ge=0, description="Tokens over one run of the job.")
     on_hourly_limit: Literal["stop", "wait"] = "stop"
+    job_total_usd: float | None = Field(
+        None, ge=0, description="USD over every run of the job together (each scheduled or keyed run adds to it)."
+    )
 
 
 class ModelPolicy(_Model):
