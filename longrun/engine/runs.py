@@ -29,7 +29,7 @@ from longrun.errors import JobNotFound, LongrunError
 from longrun.journal.local import Journal
 from longrun.journal.payloads import RunStarted
 from longrun.journal.registry import JobRecord, define, live_local_pid, open_run
-from longrun.journal.runs import RunClaim, claim_run, list_runs, run_id_for
+from longrun.journal.runs import FIRST_RUN_KEY, RunClaim, claim_run, list_runs, run_id_for
 from longrun.journal.state import RunState
 from longrun.spec.loader import LoadedSpec
 from longrun.storage.paths import JobPaths
@@ -121,7 +121,10 @@ def choose_run(
                     code="job_already_running",
                 )
     opened = False
-    if target is None:
+    if target is None and key is None and not runs:
+        # A job's first run without a key is stored under the job's own id, as every run was before runs.
+        target, opened = first_run(job_id), True
+    elif target is None:
         key = key if key is not None else f"manual:{uuid.uuid4().hex[:12]}"
         target, opened = claim_run(root, job_id, key, trigger=trigger.kind, scheduled_for=trigger.scheduled_for)
     record = open_run(loaded, root, target)
@@ -132,6 +135,10 @@ def choose_run(
         prior_usd=round(sum(s.usd_total for s in others), 9),
         prior_tokens=sum(s.tokens_total for s in others),
     )
+
+
+def first_run(job_id: str) -> RunClaim:
+    return RunClaim(job_id, job_id, FIRST_RUN_KEY, "manual", "")
 
 
 def _state(root: Path, claim: RunClaim) -> RunState:

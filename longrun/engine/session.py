@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +26,7 @@ from longrun.engine.ports import (
     StartLock,
     WorkspacePort,
 )
+from longrun.errors import LongrunError
 from longrun.execution.runtime import JobRuntime
 from longrun.governance.lineage import LineageSpend
 from longrun.journal.events import Event
@@ -82,9 +83,11 @@ class Session:
 
     # -- the journal ----------------------------------------------------------
 
-    def emit(self, type_: str, payload: Mapping[str, Any]) -> Event:
-        """Append an event and fold it (and anything others appended before it)."""
-        event = self.ports.journal.append(type_, payload, job_id=self.rt.job_id)
+    def emit(
+        self, type_: str, payload: Mapping[str, Any], *, unless: Callable[[RunState], LongrunError | None] | None = None
+    ) -> Event:
+        """Append an event and fold it (and anything others appended before it); ``unless``: see JournalPort.append."""
+        event = self.ports.journal.append(type_, payload, job_id=self.rt.job_id, unless=unless)
         self.sync()
         try:
             self.ports.progress.event(event)

@@ -10,8 +10,10 @@ Layout under ``.maestro/jobs/``::
     <runId>/events.jsonl          its journal, its STOP file, and under
                                   checkpoints/<runId>/ and evidence/<runId>.*
                                   its checkpoints and bundle
-    <jobId>/events.jsonl        a journal from before runs existed: the job's
-                                single run, whose run id is the job id
+    <jobId>/events.jsonl        the job's first run without a key (and every
+                                journal from before runs existed): its run id
+                                is the job id, so a job that runs once is
+                                stored as it always was
 
 A run id is ``sha256("longrun-run", job id, key)[:12]``: the same intended run
 (the same cron tick, the same ``--key``/idempotency key) is the same run by
@@ -38,6 +40,8 @@ from longrun.errors import LongrunError
 from longrun.journal.local import Journal
 from longrun.storage.paths import JOB_ID_RE, JobPaths, check_job_id
 
+#: The key shown for a job's first keyless run, stored under the job's own id.
+FIRST_RUN_KEY = "first"
 #: Longest run key accepted (a cron time, an idempotency key, ``manual:<uuid>``).
 RUN_KEY_MAX = 200
 #: Run keys are printable and single-line.
@@ -69,7 +73,7 @@ class RunClaim:
 
     @property
     def legacy(self) -> bool:
-        """The journal of a job from before runs: its run id is the job id."""
+        """The job's first keyless run (or a journal from before runs): its run id is the job id."""
         return self.run_id == self.job_id
 
     def to_json(self) -> str:
@@ -101,7 +105,7 @@ def list_runs(root: Path, job_id: str) -> list[RunClaim]:
     if legacy.is_file():
         first = next(iter(Journal(legacy).read()), None)
         opened = first.ts.isoformat() if first is not None else ""
-        out.append(RunClaim(job_id, job_id, "legacy", "legacy", opened))
+        out.append(RunClaim(job_id, job_id, FIRST_RUN_KEY, "manual", opened))
     base = runs_dir(root, job_id)
     if base.is_dir():
         for entry in base.iterdir():
