@@ -24,7 +24,6 @@ import hashlib
 import json
 import sys
 from dataclasses import replace
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from longrun.engine.iteration import checkpoint_key, gate_key, stage_key
 from longrun.engine.loop import run_job
 from longrun.engine.preflight import GitWorkspace
 from longrun.engine.report import human
-from longrun.engine.runs import Trigger, choose_run
+from longrun.engine.runs import RunChoice, Trigger, choose_run
 from longrun.engine.session import Ports, Session
 from longrun.errors import LongrunError
 from longrun.evidence.manifest import manifest_markdown
@@ -52,6 +51,7 @@ from longrun.execution.gates import GateInput, evaluate_gate
 from longrun.execution.runtime import JobRuntime
 from longrun.execution.stages import run_stage
 from longrun.flows.approvals import PrefectApprover
+from longrun.flows.deploy import utc_text
 from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
 from longrun.journal.events import Event
 from longrun.journal.local import Journal
@@ -208,7 +208,7 @@ class PrefectLiveness:
         return None
 
 
-def session_for(rt: JobRuntime, *, lock: JobLock | None = None, prior_usd: float = 0.0) -> Session:
+def session_for(rt: JobRuntime, *, lock: JobLock | None = None, choice: RunChoice | None = None) -> Session:
     """A session on Prefect's ports for the run ``rt`` names (opened by :func:`choose_run`)."""
     ports = Ports(
         journal=Journal(rt.paths.events_file),
@@ -221,23 +221,37 @@ def session_for(rt: JobRuntime, *, lock: JobLock | None = None, prior_usd: float
     )
     if lock is not None:
         ports.start_lock = lock
-    return Session(rt, ports, prior_usd=prior_usd)
+    if choice is None:
+        return Session(rt, ports)
+    return Session(rt, ports, prior_usd=choice.prior_usd, prior_stage_spend=choice.prior_stage_spend)
 
 
 def trigger_for(flow_run: Any, run_key: str | None) -> Trigger:
     """The intended run a flow run stands for.
 
-    An explicit key (``run_key``, or the flow run's idempotency key) names it;
-    a cron tick is its scheduled time; any other deployment run is its own
-    flow run; a local run without a key continues the job's last run or opens one.
+    * ``run_key`` (``longrun run --key``): that key.
+    * A cron tick: ``at:<its scheduled time, UTC>``.
+    * An idempotency key from ``longrun trigger`` (``longrun:<job>:key:K``,
+      ``longrun:<job>:at:T``): ``K``, or ``at:T`` — so a trigger ``--at`` the
+      time of a tick is that tick's run, and ``trigger --key K`` is ``run --key K``.
+      Any other idempotency key: itself.
+    * Any other deployment run: ``flow-run:<its id>``.
+    * A local run without a key: None (continue the job's last run, or open one).
     """
     if run_key:
         return Trigger(run_key, "key")
     if getattr(flow_run, "auto_scheduled", False) and flow_run.expected_start_time is not None:
-        at = flow_run.expected_start_time.astimezone(UTC).isoformat()
-        return Trigger(f"schedule:{at}", "schedule", at)
-    if getattr(flow_run, "idempotency_key", None):
-        return Trigger(flow_run.idempotency_key, "key")
+        at = utc_text(flow_run.expected_start_time)
+        return Trigger(f"at:{at}", "schedule", at)
+    idem = getattr(flow_run, "idempotency_key", None)
+    if idem:
+        parts = idem.split(":", 3)
+        if len(parts) == 4 and parts[0] == "longrun" and parts[2] in ("key", "at", "once"):
+            kind, rest = parts[2], parts[3]
+            if kind == "key":
+                return Trigger(rest, "key")
+            return Trigger(f"{kind}:{rest}", "schedule" if kind == "at" else "key", rest if kind == "at" else None)
+        return Trigger(idem, "key")
     if getattr(flow_run, "deployment_id", None) is not None:
         return Trigger(f"flow-run:{flow_run.id}", "flow-run")
     return Trigger(None, "manual")
@@ -294,7 +308,7 @@ def longrun_job(
             lock.release()
             raise
         rt = JobRuntime(loaded=replace(loaded, job_id=choice.record.job_id), root=root_path, run_id=flow_run_id)
-        outcome = run_job(session_for(rt, lock=lock, prior_usd=choice.prior_usd), source=source, force=force)
+        outcome = run_job(session_for(rt, lock=lock, choice=choice), source=source, force=force)
     except LongrunError as exc:
         # Expected failures end the flow run as Failed with the code, not a traceback.
         if exc.code not in REFUSALS and not getattr(exc, "journaled", False):

@@ -82,7 +82,12 @@ class Engine:
                 s.ports.clock.sleep(min(1.0, left))
 
     def expected(self, stage_id: str | None) -> tuple[float, int]:
-        return expected_stage_spend(self.s.state, stage_id) if stage_id else (0.0, 0)
+        """The stage's largest spend so far, in this run or (for a run's first estimate) the job's other runs."""
+        if not stage_id:
+            return (0.0, 0)
+        own = expected_stage_spend(self.s.state, stage_id)
+        prior = self.s.prior_stage_spend.get(stage_id, (0.0, 0))
+        return (max(own[0], prior[0]), max(own[1], prior[1]))
 
 
 def run_job(s: Session, *, source: str | None = None, force: bool = False) -> dict[str, Any]:

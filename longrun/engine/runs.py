@@ -55,6 +55,8 @@ class RunChoice:
     #: USD and tokens the job's other runs spent (``budgets.job_total_usd``).
     prior_usd: float
     prior_tokens: int
+    #: stage → the largest (usd, tokens) it spent in any other run (the budget check's first estimate).
+    prior_stage_spend: dict[str, tuple[float, int]]
 
 
 def alive(state: RunState, liveness: LivenessPort, own_flow_run: str | None = None) -> str | None:
@@ -129,11 +131,17 @@ def choose_run(
         target, opened = claim_run(root, job_id, key, trigger=trigger.kind, scheduled_for=trigger.scheduled_for)
     record = open_run(loaded, root, target)
     others = [states[c.run_id] for c in runs if c.run_id != target.run_id]
+    spend: dict[str, tuple[float, int]] = {}
+    for st in others:
+        for stage, (usd, tokens) in st.stage_max_spend.items():
+            u, t = spend.get(stage, (0.0, 0))
+            spend[stage] = (max(u, usd), max(t, tokens))
     return RunChoice(
         record=record,
         opened=opened,
         prior_usd=round(sum(s.usd_total for s in others), 9),
         prior_tokens=sum(s.tokens_total for s in others),
+        prior_stage_spend=spend,
     )
 
 

@@ -72,12 +72,22 @@ class Ports:
 class Session:
     """One run of one job: the runtime, the ports and the state folded so far."""
 
-    def __init__(self, rt: JobRuntime, ports: Ports, *, lineage: LineageSpend | None = None, prior_usd: float = 0.0) -> None:
+    def __init__(
+        self,
+        rt: JobRuntime,
+        ports: Ports,
+        *,
+        lineage: LineageSpend | None = None,
+        prior_usd: float = 0.0,
+        prior_stage_spend: Mapping[str, tuple[float, int]] | None = None,
+    ) -> None:
         self.rt = rt
         self.ports = ports
         self.state: RunState = replay(ports.journal.read())
         #: USD the job's other runs spent (``budgets.job_total_usd``); they are over or not live, so it is fixed.
         self.prior_usd = prior_usd
+        #: stage → its largest spend in the job's other runs: a new run's first estimate of a stage.
+        self.prior_stage_spend = dict(prior_stage_spend or {})
         #: The spend of the job's descendants (SPEC S4), read incrementally.
         self.lineage = lineage if lineage is not None else LineageSpend(rt.root, rt.job_id)
 
