@@ -65,6 +65,15 @@ def _task_states(flow_run_id: str) -> dict[str, tuple[str, str]]:
     return {tr.name: (tr.state.type.value, tr.state.name) for tr in runs}
 
 
+def _log_lines(flow_run_id: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return [log.message for log in logs]
+
+
 @pytest.fixture
 def prefect_env(cli_env, monkeypatch):
     for k, v in cli_env.items():
@@ -105,6 +114,10 @@ def test_flow_run_states_tell_the_outcome(prefect_env, tmp_path):
         tasks = _task_states(out["run_id"])
         if name == "ends-completed":
             assert tasks["gate-check#1"] == ("COMPLETED", "Completed")
+            # Progress lines reach the flow run's log (the UI), not only the terminal.
+            lines = _log_lines(out["run_id"])
+            assert any(line.startswith("iteration 1") for line in lines), lines
+            assert any("gate check" in line and "PASS" in line for line in lines), lines
         else:
             # A failed gate ends its task run Failed, and the flow goes on to decide (stop, abort, budget).
             assert tasks["gate-check#1"] == ("FAILED", "GateFailed"), (name, tasks)
