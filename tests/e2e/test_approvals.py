@@ -102,6 +102,7 @@ def test_approve_by_rest_api(background, cli_env, tmp_path):
     types = [json.loads(line)["type"] for line in followed.splitlines()]
     assert types[0] == "approved" and "approval_requested" in types and types.count("approved") == 2, types
     assert "run_completed" in types, types
+    assert types[-1] == "evidence_built", types  # followed past the end of the run, until its engine exited
 
 
 def test_reject_ends_the_run_rejected(background, cli_env, tmp_path):

@@ -175,11 +175,19 @@ def test_tail_follow_streams_until_the_run_ends(tmp_path):
         record.journal.append("iteration_finished", {"iteration": i, "gates_passed": i == 3, "fingerprint": f"f{i}"}, job_id=jid)
         time.sleep(0.2)
     record.journal.append("run_completed", {"iteration": 3, "reason": "all required gates passed"}, job_id=jid)
+    # The run is over, but its bundle is not journaled yet (an engine with no pid here: elsewhere): keep following.
+    time.sleep(1.0)
+    assert proc.poll() is None
+    record.journal.append(
+        "evidence_built",
+        {"manifest": "m.json", "bundle": "b.tar.gz", "sha256": "0" * 64, "size": 1, "files": 1, "built_from_seq": 9},
+        job_id=jid,
+    )
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     seqs = [json.loads(l)["seq"] for l in out.splitlines()]
-    assert seqs == list(range(1, 10))
-    assert json.loads(out.splitlines()[-1])["type"] == "run_completed"
+    assert seqs == list(range(1, 11))
+    assert [json.loads(l)["type"] for l in out.splitlines()[-2:]] == ["run_completed", "evidence_built"]
 
 
 @pytest.mark.prefect
