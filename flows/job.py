@@ -71,12 +71,8 @@ def stage_task(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int
 
 
 @task(persist_result=True, result_serializer=CheckpointSerializer(), refresh_cache=True)
-def gate_task(rt: JobRuntime, gate: PlannedGate, iteration: int, inp: GateInput) -> Any:
-    """The gate's record; a gate that did not pass ends its task run Failed (the flow goes on: the engine decides)."""
-    result = evaluate_gate(rt, gate, iteration, inp)
-    if result.passed:
-        return result
-    return Failed(name="GateFailed", message=f"gate {gate.id} failed: {_gate_reason(result)}", data=result)
+def gate_task(rt: JobRuntime, gate: PlannedGate, iteration: int, inp: GateInput) -> GateResult:
+    return evaluate_gate(rt, gate, iteration, inp)
 
 
 def _gate_reason(result: GateResult) -> str:
@@ -87,6 +83,24 @@ def _gate_reason(result: GateResult) -> str:
     if "exit_code" in ev:
         return f"exit code {ev['exit_code']}"
     return "did not pass"
+
+
+def _mark_gate_failed(task_run_id: Any, gate: PlannedGate, result: GateResult) -> None:
+    """A gate that did not pass: its task run ends Failed (``GateFailed``) in the UI, after its record was persisted.
+
+    The task itself completes, so its record is written like every other
+    (resume reads it back); the state is set afterwards. The flow goes on:
+    the engine decides what the failure means.
+    """
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(
+                task_run_id, Failed(name="GateFailed", message=f"gate {gate.id} failed: {_gate_reason(result)}"), force=True
+            )
+    except Exception:  # the journal and the record hold the truth; a lost UI state must not stop the job
+        pass
 
 
 @task(persist_result=True, result_serializer=CheckpointSerializer(), refresh_cache=True)
@@ -138,10 +152,10 @@ class PrefectExecutor:
             **self._options(rt.job_id, gate_key(iteration, gate.id), f"gate-{gate.id}", f"gate-{gate.id}#{iteration}")
         )
         state = t(quote(rt), quote(gate), iteration, quote(inp), return_state=True)
-        result = state.result(raise_on_failure=False)
-        if isinstance(result, GateResult):
-            return result
-        raise result if isinstance(result, BaseException) else RuntimeError(f"gate task returned {type(result).__name__}")
+        result: GateResult = state.result()
+        if not result.passed and state.state_details.task_run_id is not None:
+            _mark_gate_failed(state.state_details.task_run_id, gate, result)
+        return result
 
     def write_checkpoint(
         self,
