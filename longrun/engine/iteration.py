@@ -100,7 +100,7 @@ def _stage(
     failed = [d for d in stage.depends_on if not done[d].ok]
     result = skipped_stage(rt.job_id, stage, iteration, failed) if failed else _attempts(e, stage, iteration)
     if result is None:
-        return None  # stopped while waiting out a rate limit
+        return None  # stopped while waiting out a rate limit, or the budget refused the next attempt
     outside: list[str] = []
     if e.scoped and start_tree:
         ws = s.ports.workspace
@@ -115,7 +115,8 @@ def _attempts(e: Engine, stage: PlannedStage, iteration: int) -> StageResult | N
     """Attempts of ``stage`` until one does not call for a retry (SPEC E3); each is journaled.
 
     A rate-limited attempt is journaled (``rate_limited``), waited out and run
-    again; it uses up no retry. None when the run stopped during that wait.
+    again after a fresh budget check; it uses up no retry. None when the run
+    stopped during that wait or the budget refused the next attempt.
     """
     s = e.s
     attempt = s.state.attempts(iteration, stage.id)
@@ -135,6 +136,9 @@ def _attempts(e: Engine, stage: PlannedStage, iteration: int) -> StageResult | N
             result = s.ports.executor.run_stage(s.rt, stage, iteration, attempt)
         if result.rate_limit is not None:
             if not e.rate_limit_wait(result):
+                return None
+            # The limited attempt spent something too: check the budget again before the next one.
+            if not e.budget_allows(e.expected(stage.id), f"stage {stage.id} (after a rate limit)", e.expected_io(stage.id)):
                 return None
             result = None
             continue

@@ -63,6 +63,9 @@ class AgentUsage:
     model: str | None = None
     found: bool = False
     rate_limit: RateLimitSeen | None = None
+    #: model → (input, output, cache_read, cache_write) when the tool reports several models' tokens
+    #: separately (gemini-json), so each is priced at its own price.
+    by_model: dict[str, tuple[int, int, int, int]] | None = None
 
     @property
     def tokens(self) -> int:
@@ -223,9 +226,10 @@ def reset_in(message: str, now: datetime) -> datetime | None:
 class CodexParser(UsageParser):
     """``codex exec --json``: ``turn.completed`` carries the session's cumulative ``usage``; the last one wins.
 
-    ``input_tokens`` includes ``cached_input_tokens``; ``reasoning_output_tokens``
-    (when present) is added to ``output_tokens``. No USD, no model: the model is
-    the one the stage passed (``--model {model}``).
+    ``input_tokens`` includes ``cached_input_tokens`` and ``output_tokens``
+    includes ``reasoning_output_tokens`` (OpenAI's convention; codex's own
+    ``blended_total`` is non-cached input + output). No USD, no model: the
+    model is the one the stage passed (``--model {model}``).
     """
 
     def feed(self, record: Any, lineno: int, line: str) -> None:
@@ -239,7 +243,8 @@ class CodexParser(UsageParser):
             f, u = self.int_field, self.usage
             u.input_tokens = f(usage, "input_tokens", lineno, line)
             u.cache_read_tokens = f(usage, "cached_input_tokens", lineno, line)
-            u.output_tokens = f(usage, "output_tokens", lineno, line) + f(usage, "reasoning_output_tokens", lineno, line)
+            u.output_tokens = f(usage, "output_tokens", lineno, line)
+            f(usage, "reasoning_output_tokens", lineno, line)  # a part of output_tokens: checked, not added
             u.found = True
         elif kind in ("error", "turn.failed"):
             nested = record.get("error")
@@ -286,15 +291,18 @@ class GeminiParser(UsageParser):
         models = stats.get("models")
         if isinstance(models, dict) and models:
             totals: dict[str, int] = {}
+            u.by_model = {}
             u.input_tokens = u.output_tokens = u.cache_read_tokens = 0
             for name, m in models.items():
                 t = m.get("tokens") if isinstance(m, dict) else None
                 if not isinstance(t, dict):
                     raise self.invalid(lineno, line, f"stats.models[{name!r}].tokens must be an object")
                 prompt, out = f(t, "prompt", lineno, line), f(t, "candidates", lineno, line) + f(t, "thoughts", lineno, line)
+                cached = f(t, "cached", lineno, line)
                 u.input_tokens += prompt
                 u.output_tokens += out
-                u.cache_read_tokens += f(t, "cached", lineno, line)
+                u.cache_read_tokens += cached
+                u.by_model[name] = (prompt, out, cached, 0)
                 totals[name] = prompt + out
             u.model = max(totals, key=lambda n: totals[n])
             u.found = True

@@ -155,8 +155,7 @@ def _agent_usage(
     if found.usd is not None:
         usd = found.usd
     else:
-        counts = TokenCounts(found.input_tokens, found.output_tokens, found.cache_read_tokens, found.cache_write_tokens)
-        usd, prices_version = compute_usd(model, counts, rt.spec.model_prices)
+        usd, prices_version = _price(model, found, rt)
         source_kind = "computed"
     record = UsageRecord(
         usd=usd,
@@ -171,6 +170,19 @@ def _agent_usage(
         format=fmt,
     )
     return record, rate_limit
+
+
+def _price(model: str, found: AgentUsage, rt: JobRuntime) -> tuple[float, str]:
+    """USD of token-only usage: each reported model at its own price; the versions that priced it."""
+    parts = found.by_model or {
+        model: (found.input_tokens, found.output_tokens, found.cache_read_tokens, found.cache_write_tokens)
+    }
+    usd, versions = 0.0, set()
+    for name, (i, o, cr, cw) in parts.items():
+        part, version = compute_usd(name, TokenCounts(i, o, cr, cw), rt.spec.model_prices)
+        usd += part
+        versions.add(version)
+    return round(usd, 9), "+".join(sorted(versions))
 
 
 def _usage(rt: JobRuntime, stage: PlannedStage, usage_file: Path, log: Path, result: CommandResult) -> UsageRecord:

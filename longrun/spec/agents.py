@@ -104,16 +104,25 @@ PRESETS: dict[str, AgentPreset] = {
         name="aider",
         executable="aider",
         # aider prints no JSON; its analytics log (one JSON event per line) carries the usage.
+        # --no-analytics: nothing is sent anywhere (the local log is written all the same).
+        # The chat and input histories go to the checkpoint directory, not into the workspace;
+        # --no-gitignore keeps aider from editing .gitignore; longrun commits, not aider.
         argv=(
             "aider",
             "--yes-always",
             "--no-auto-commits",
+            "--no-gitignore",
             "--no-check-update",
             "--no-show-release-notes",
-            "--model",
-            "{model}",
+            "--no-analytics",
             "--analytics-log",
             "{analytics_log}",
+            "--chat-history-file",
+            "{checkpoint_dir}/aider.chat.history.md",
+            "--input-history-file",
+            "{checkpoint_dir}/aider.input.history",
+            "--model",
+            "{model}",
             "--message",
             "{prompt}",
         ),

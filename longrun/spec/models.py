@@ -139,12 +139,6 @@ class UsageCapture(_Model):
     usd_regex: str | None = None
     tokens_regex: str | None = None
 
-    @model_validator(mode="after")
-    def _required_needs_format(self) -> UsageCapture:
-        if self.required and self.format is None:
-            raise ValueError("required needs a format")
-        return self
-
     @field_validator("usd_regex", "tokens_regex")
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
@@ -207,6 +201,8 @@ class Stage(_Model):
     def _run_or_agent(self) -> Stage:
         if self.run is None and self.agent is None:
             raise ValueError("set 'run' (an argv) or 'agent' (a preset)")
+        if self.usage is not None and self.usage.required and self.usage.format is None and self.agent is None:
+            raise ValueError("usage.required needs a usage.format (or an agent preset, which sets one)")
         return self
 
     @property
