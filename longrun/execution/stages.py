@@ -136,7 +136,8 @@ def _agent_usage(
     if fmt == "aider-analytics":
         found = read_agent_usage(fmt, log, now=now, source=source) if log.exists() else AgentUsage()
     else:
-        found = read_agent_usage(fmt, log, result.log_offset_start, result.log_offset_end, now=now, source=source)
+        cut = result.timed_out or (result.exit_code is not None and result.exit_code < 0)
+        found = read_agent_usage(fmt, log, result.log_offset_start, result.log_offset_end, now=now, source=source, cut=cut)
     rate_limit = None
     if found.rate_limit is not None:
         rl = found.rate_limit

@@ -206,3 +206,23 @@ def test_an_unpriced_model_is_refused_not_counted_as_zero():
     with pytest.raises(LongrunError) as err:
         compute_usd("mystery-model-1", TokenCounts(input=10))
     assert err.value.code == "usage_unpriced" and "model_prices" in err.value.message
+
+
+def test_a_torn_last_line_of_a_killed_run_is_skipped_but_not_a_torn_line_in_the_middle(tmp_path):
+    whole = (AGENTS / "codex" / "exec.jsonl").read_text()
+    torn = whole + '{"type":"item.completed","item":{"id":"item_4","ty'
+    path = tmp_path / "torn.log"
+    path.write_text(torn)
+    u = read_agent_usage("codex-jsonl", path, now=NOW, source="t", cut=True)
+    assert u.input_tokens == 24763, "the usage before the tear counts"
+    with pytest.raises(LongrunError, match="line 9: not valid JSON"):
+        read_agent_usage("codex-jsonl", path, now=NOW, source="t", cut=False)
+    path.write_text('{"type":"turn.started"\n' + whole)
+    with pytest.raises(LongrunError, match="line 1: not valid JSON"):
+        read_agent_usage("codex-jsonl", path, now=NOW, source="t", cut=True)
+
+
+def test_a_claude_limit_that_did_not_stop_the_run_is_not_waited_for(tmp_path):
+    lines = (AGENTS / "claude" / "stream.jsonl").read_text().replace('"status":"allowed"', '"status":"rejected"')
+    u = read("claude-stream-json", "", tmp_path, lines)
+    assert u.rate_limit is None and u.usd == 0.0342445, "is_error false: the work got done"
