@@ -30,7 +30,7 @@ Codex's "You've hit your usage limit" error, Gemini's quota errors
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -52,26 +52,15 @@ __all__ = ["PARSERS", "AgentUsage", "RateLimitSeen", "UsageParser", "iter_lines"
 MAX_LINE = 16 << 20
 
 
-def _make(fmt: str, source: str, now: datetime) -> UsageParser:
-    if fmt in ("claude-json", "claude-stream-json"):
-        return ClaudeParser(source, now)
-    if fmt == "codex-jsonl":
-        return CodexParser(source, now)
-    if fmt in ("gemini-json", "gemini-stream-json"):
-        return GeminiParser(source, now, multiline=fmt == "gemini-json")
-    if fmt == "aider-analytics":
-        return AiderParser(source, now)
-    raise ValueError(f"unknown usage format {fmt!r}")
-
-
-PARSERS: tuple[str, ...] = (
-    "claude-json",
-    "claude-stream-json",
-    "codex-jsonl",
-    "gemini-json",
-    "gemini-stream-json",
-    "aider-analytics",
-)
+#: usage format → how to make its parser (one entry per ``UsageCapture.format``).
+PARSERS: dict[str, Callable[[str, datetime], UsageParser]] = {
+    "claude-json": ClaudeParser,
+    "claude-stream-json": ClaudeParser,
+    "codex-jsonl": CodexParser,
+    "gemini-json": lambda source, now: GeminiParser(source, now, multiline=True),
+    "gemini-stream-json": lambda source, now: GeminiParser(source, now, multiline=False),
+    "aider-analytics": AiderParser,
+}
 
 
 def iter_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, str, bool]]:
@@ -109,7 +98,7 @@ def read_agent_usage(
     ``cut``: the process was killed (timeout, signal), so its last line may be
     torn; a last line that does not parse is then skipped instead of failing.
     """
-    parser = _make(fmt, source, now)
+    parser = PARSERS[fmt](source, now)
     torn: LongrunError | None = None  # a line that did not parse; fatal unless it turns out to be the last
     pending: list[str] = []  # gemini-json: the lines of one pretty-printed object
     first = 0

@@ -115,14 +115,6 @@ class ModelPolicy(_Model):
 
 
 UsageFormat = Literal["claude-json", "claude-stream-json", "codex-jsonl", "gemini-json", "gemini-stream-json", "aider-analytics"]
-USAGE_FORMATS: tuple[str, ...] = (
-    "claude-json",
-    "claude-stream-json",
-    "codex-jsonl",
-    "gemini-json",
-    "gemini-stream-json",
-    "aider-analytics",
-)
 
 
 class UsageCapture(_Model):

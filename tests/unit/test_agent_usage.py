@@ -226,3 +226,12 @@ def test_a_claude_limit_that_did_not_stop_the_run_is_not_waited_for(tmp_path):
     lines = (AGENTS / "claude" / "stream.jsonl").read_text().replace('"status":"allowed"', '"status":"rejected"')
     u = read("claude-stream-json", "", tmp_path, lines)
     assert u.rate_limit is None and u.usd == 0.0342445, "is_error false: the work got done"
+
+
+def test_every_usage_format_of_the_spec_has_a_parser():
+    from typing import get_args
+
+    from longrun.execution.agent_usage import PARSERS
+    from longrun.spec.models import UsageFormat
+
+    assert sorted(PARSERS) == sorted(get_args(UsageFormat))
