@@ -8,6 +8,10 @@ entrypoint ``longrun.flows.entry.longrun_job_entry``, renamed after the job.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,14 +31,17 @@ from longrun.flows.entry import longrun_job_entry
 
 __all__ = [
     "PoolCheck",
+    "ServeStopped",
     "api_url",
     "apply_deployment",
     "concurrency_config",
     "cron_schedule",
     "ensure_pool",
     "next_run_times",
+    "pause_schedule",
     "runner_deployment",
     "serve",
+    "stop_on_signals",
 ]
 
 
@@ -98,14 +105,80 @@ def apply_deployment(deployment: Any, pool: str | None) -> Any:
     return deployment.apply(work_pool_name=pool) if pool else deployment.apply()
 
 
-def serve(flow: Any, plan: DeploymentPlan) -> None:
-    """Serve the deployment from this process until Ctrl-C; its schedule is paused on the way out."""
-    flow.serve(
-        global_limit=concurrency_config(plan.concurrency_limit, plan.collision_strategy),
-        pause_on_shutdown=True,
-        print_starting_message=False,
-        **_deployment_options(plan),
-    )
+class ServeStopped(BaseException):
+    """SIGINT or SIGTERM while ``longrun deploy --serve`` sets up or serves (a BaseException, like KeyboardInterrupt)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signal = signal.Signals(signum).name
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[list[str]]:
+    """From here on SIGINT and SIGTERM raise :class:`ServeStopped` (the list gets the signal's name).
+
+    Installed before the deployment is applied, so a signal at any moment ends
+    the same way: the caller pauses the schedule and exits 0.
+    """
+    seen: list[str] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signal.Signals(signum).name)
+        raise ServeStopped(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield seen
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def serve(deployment: Any, seen: list[str]) -> None:
+    """Serve the deployment from this process until SIGINT or SIGTERM; then return (the caller pauses the schedule).
+
+    A signal cancels the runner's main task from inside its event loop, so
+    the runner's polling loops and client close as they should (no
+    ``Runner.astop was never awaited``); the runner's own pause-on-shutdown is
+    off because the caller pauses the schedule whatever the moment.
+    """
+    from prefect.runner import Runner
+
+    runner = Runner(name=deployment.name, pause_on_shutdown=False)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+
+        def stop(signum: int, frame: Any = None) -> None:
+            seen.append(signal.Signals(signum).name)
+            try:
+                loop.call_soon_threadsafe(task.cancel)  # type: ignore[union-attr]
+            except RuntimeError:  # the loop has closed: end as a signal outside it does
+                raise ServeStopped(signum) from None
+
+        runner.handle_sigterm = stop  # type: ignore[method-assign]  # Runner.start installs it for SIGTERM
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        await runner.aadd_deployment(deployment)
+        await runner.start()
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        pass
+
+
+def pause_schedule(full_name: str, deployment_id: Any | None) -> bool:
+    """Pause the deployment's schedule (by id, else by ``flow/deployment`` name); False if there is none."""
+    with get_client(sync_client=True) as client:
+        if deployment_id is None:
+            try:
+                deployment_id = client.read_deployment_by_name(full_name).id
+            except ObjectNotFound:
+                return False
+        client.pause_deployment(deployment_id)
+    return True
 
 
 # ----------------------------------------------------------- work pools

@@ -23,14 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.context import TaskRunContext, get_run_context
-from prefect.states import Failed
+from prefect.exceptions import MissingContextError
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.utilities.annotations import quote
 
 import longrun.blocks.evidence  # noqa: F401 - installs the block loader for evidence.store block refs
@@ -38,6 +40,8 @@ from longrun.blocks.checkpoints import CheckpointSerializer, CheckpointStorage
 from longrun.engine.iteration import checkpoint_key, gate_key, stage_key
 from longrun.engine.loop import run_job
 from longrun.engine.preflight import GitWorkspace
+from longrun.engine.report import human
+from longrun.engine.runs import RunChoice, Trigger, choose_run
 from longrun.engine.session import Ports, Session
 from longrun.errors import LongrunError
 from longrun.evidence.manifest import manifest_markdown
@@ -47,10 +51,12 @@ from longrun.execution.gates import GateInput, evaluate_gate
 from longrun.execution.runtime import JobRuntime
 from longrun.execution.stages import run_stage
 from longrun.flows.approvals import PrefectApprover
+from longrun.flows.deploy import utc_text
 from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
 from longrun.journal.events import Event
 from longrun.journal.local import Journal
-from longrun.journal.registry import find_job, outcome_dict, register
+from longrun.journal.registry import find_job, outcome_dict
+from longrun.journal.runs import JobLock
 from longrun.journal.state import RunState
 from longrun.spec.compile import PlannedGate, PlannedStage
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, stored_spec_data, validate_spec_data
@@ -65,8 +71,22 @@ def stage_task(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int
 
 
 @task(persist_result=True, result_serializer=CheckpointSerializer(), refresh_cache=True)
-def gate_task(rt: JobRuntime, gate: PlannedGate, iteration: int, inp: GateInput) -> GateResult:
-    return evaluate_gate(rt, gate, iteration, inp)
+def gate_task(rt: JobRuntime, gate: PlannedGate, iteration: int, inp: GateInput) -> Any:
+    """The gate's record; a gate that did not pass ends its task run Failed (the flow goes on: the engine decides)."""
+    result = evaluate_gate(rt, gate, iteration, inp)
+    if result.passed:
+        return result
+    return Failed(name="GateFailed", message=f"gate {gate.id} failed: {_gate_reason(result)}", data=result)
+
+
+def _gate_reason(result: GateResult) -> str:
+    ev = result.evidence
+    for key in ("reason", "message"):
+        if isinstance(ev.get(key), str) and ev[key]:
+            return str(ev[key])
+    if "exit_code" in ev:
+        return f"exit code {ev['exit_code']}"
+    return "did not pass"
 
 
 @task(persist_result=True, result_serializer=CheckpointSerializer(), refresh_cache=True)
@@ -117,7 +137,11 @@ class PrefectExecutor:
         t = gate_task.with_options(
             **self._options(rt.job_id, gate_key(iteration, gate.id), f"gate-{gate.id}", f"gate-{gate.id}#{iteration}")
         )
-        return t(quote(rt), quote(gate), iteration, quote(inp))
+        state = t(quote(rt), quote(gate), iteration, quote(inp), return_state=True)
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, GateResult):
+            return result
+        raise result if isinstance(result, BaseException) else RuntimeError(f"gate task returned {type(result).__name__}")
 
     def write_checkpoint(
         self,
@@ -144,6 +168,10 @@ class PrefectProgress:
 
     def say(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
+        try:
+            get_run_logger().info(line)  # the flow run's log in the UI
+        except MissingContextError:
+            pass
 
     def event(self, event: Event) -> None:
         emit_prefect_event(self.rt.job_id, self.rt.spec.name, event.type, event.payload.model_dump(mode="json"))
@@ -180,9 +208,8 @@ class PrefectLiveness:
         return None
 
 
-def session_for(rt: JobRuntime) -> Session:
-    """Register the job (its spec and first event, once) and open a session on Prefect's ports."""
-    register(rt.loaded, rt.root)
+def session_for(rt: JobRuntime, *, lock: JobLock | None = None, choice: RunChoice | None = None) -> Session:
+    """A session on Prefect's ports for the run ``rt`` names (opened by :func:`choose_run`)."""
     ports = Ports(
         journal=Journal(rt.paths.events_file),
         records=JobRecords(rt.paths),
@@ -192,21 +219,67 @@ def session_for(rt: JobRuntime) -> Session:
         progress=PrefectProgress(rt),
         liveness=PrefectLiveness(),
     )
-    return Session(rt, ports)
+    if lock is not None:
+        ports.start_lock = lock
+    if choice is None:
+        return Session(rt, ports)
+    return Session(rt, ports, prior_usd=choice.prior_usd, prior_stage_spend=choice.prior_stage_spend)
+
+
+def trigger_for(flow_run: Any, run_key: str | None) -> Trigger:
+    """The intended run a flow run stands for.
+
+    * ``run_key`` (``longrun run --key``): that key.
+    * A cron tick: ``at:<its scheduled time, UTC>``.
+    * An idempotency key from ``longrun trigger`` (``longrun:<job>:key:K``,
+      ``longrun:<job>:at:T``): ``K``, or ``at:T`` — so a trigger ``--at`` the
+      time of a tick is that tick's run, and ``trigger --key K`` is ``run --key K``.
+      Any other idempotency key: itself.
+    * Any other deployment run: ``flow-run:<its id>``.
+    * A local run without a key: None (continue the job's last run, or open one).
+    """
+    if run_key:
+        return Trigger(run_key, "key")
+    if getattr(flow_run, "auto_scheduled", False) and flow_run.expected_start_time is not None:
+        at = utc_text(flow_run.expected_start_time)
+        return Trigger(f"at:{at}", "schedule", at)
+    idem = getattr(flow_run, "idempotency_key", None)
+    if idem:
+        parts = idem.split(":", 3)
+        if len(parts) == 4 and parts[0] == "longrun" and parts[2] in ("key", "at", "once"):
+            kind, rest = parts[2], parts[3]
+            if kind == "key":
+                return Trigger(rest, "key")
+            return Trigger(f"{kind}:{rest}", "schedule" if kind == "at" else "key", rest if kind == "at" else None)
+        return Trigger(idem, "key")
+    if getattr(flow_run, "deployment_id", None) is not None:
+        return Trigger(f"flow-run:{flow_run.id}", "flow-run")
+    return Trigger(None, "manual")
 
 
 @flow(name="longrun-job", persist_result=False, validate_parameters=False)
 def longrun_job(
-    spec: dict[str, Any], root: str = ".", source: str | None = None, job_id: str | None = None, force: bool = False
-) -> dict[str, Any]:
-    """Run a longrun job (the canonical spec) under ``root`` until it completes or stops.
+    spec: dict[str, Any],
+    root: str = ".",
+    source: str | None = None,
+    job_id: str | None = None,
+    force: bool = False,
+    run_key: str | None = None,
+) -> Any:
+    """Run one run of a longrun job (the canonical spec) under ``root`` until it completes or stops.
 
-    ``job_id`` names an already registered job (resume): its stored id and
+    ``run_key`` names the intended run (see :func:`trigger_for`); ``job_id``
+    names an existing run to continue (``longrun resume``): its stored id and
     canonical spec are kept even if this longrun would hash the spec differently.
+    The flow run ends in a state that tells the run's outcome (:func:`final_state`).
     """
     root_path = Path(root).resolve()
+    flow_run = get_run_context().flow_run  # type: ignore[union-attr]
+    run_id: str | None = None
     if job_id is not None:
-        loaded = find_job(root_path, job_id).load()
+        record = find_job(root_path, job_id)
+        loaded = replace(record.load(), job_id=record.definition)
+        run_id = record.job_id
     else:
         # A spec document, or the content of a stored spec.json (any known spec_schema).
         job_spec = validate_spec_data(stored_spec_data(spec, file=source), file=source)
@@ -216,21 +289,66 @@ def longrun_job(
             job_id=job_id_for(job_spec),
             canonical=canonical_json(job_spec),
         )
-    rt = JobRuntime(loaded=loaded, root=root_path, run_id=str(get_run_context().flow_run.id))  # type: ignore[union-attr]
+    flow_run_id = str(flow_run.id)  # type: ignore[union-attr]
+    rt = JobRuntime(loaded=loaded, root=root_path, run_id=flow_run_id)
+    lock = JobLock(root_path, loaded.job_id)
     try:
-        return run_job(session_for(rt), source=source, force=force)
+        lock.acquire()
+        try:
+            choice = choose_run(
+                loaded,
+                root_path,
+                trigger_for(flow_run, run_key),
+                PrefectLiveness(),
+                run_id=run_id,
+                own_flow_run=flow_run_id,
+                force=force,
+            )
+        except BaseException:
+            lock.release()
+            raise
+        rt = JobRuntime(loaded=replace(loaded, job_id=choice.record.job_id), root=root_path, run_id=flow_run_id)
+        outcome = run_job(session_for(rt, lock=lock, choice=choice), source=source, force=force)
     except LongrunError as exc:
         # Expected failures end the flow run as Failed with the code, not a traceback.
         if exc.code not in REFUSALS and not getattr(exc, "journaled", False):
             _journal_failure(rt, exc.code, exc.message)
-        return Failed(message=f"{exc.code}: {exc.message}", data={**_outcome_from(rt), "code": exc.code, "message": exc.message})  # type: ignore[return-value]
+        if exc.code in REFUSALS:
+            return Cancelled(
+                name="Blocked", message=f"{exc.code}: {exc.message}", data={"code": exc.code, "message": exc.message}
+            )
+        return Failed(message=f"{exc.code}: {exc.message}", data={**_outcome_from(rt), "code": exc.code, "message": exc.message})
     except Exception as exc:
         _journal_failure(rt, "run_crashed", f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        lock.release()
+    return final_state(outcome)
 
 
 #: Refusals to start: the journal belongs to another (live) run and is not touched.
 REFUSALS = frozenset({"job_already_running"})
+
+#: A run's status → the flow run's final state: (state type, state name). The message carries the reason.
+FINAL_STATES: dict[str, tuple[Any, str]] = {
+    "COMPLETED": (Completed, "Completed"),
+    "FAILED": (Failed, "Failed"),
+    "STOPPED": (Cancelled, "Stopped"),
+    "STOPPED_BUDGET": (Failed, "StoppedBudget"),
+    "REJECTED": (Cancelled, "Rejected"),
+    "WAITING_APPROVAL": (Cancelled, "AwaitingApproval"),
+    "APPROVED": (Cancelled, "Approved"),
+}
+
+
+def final_state(outcome: dict[str, Any]) -> State:
+    """The flow run's state for a run's outcome: Completed only when the run completed."""
+    make, name = FINAL_STATES.get(str(outcome["status"]), (Failed, "Failed"))
+    reason = outcome.get("reason")
+    message = f"{outcome['status']}" + (f": {human(reason) if isinstance(reason, dict) else reason}" if reason else "")
+    message += f" after {outcome['iterations']} iteration(s), ${outcome['usd']:.4f}, {outcome['tokens']} tokens"
+    state: State = make(name=name, message=message, data=outcome)
+    return state
 
 
 def _outcome_from(rt: JobRuntime) -> dict[str, Any]:
@@ -239,8 +357,8 @@ def _outcome_from(rt: JobRuntime) -> dict[str, Any]:
 
 
 def _journal_failure(rt: JobRuntime, code: str, message: str) -> None:
-    """Record why the run failed, if the job got far enough to have a journal."""
-    if rt.paths.spec_file.exists():
+    """Record why the run failed, if the run got far enough to have a journal."""
+    if rt.paths.events_file.exists():
         Journal(rt.paths.events_file).append("run_failed", {"code": code, "message": message}, job_id=rt.job_id)
 
 

@@ -30,6 +30,8 @@ class FlowRunEnd:
     completed: bool
     message: str
     flow_run_id: str | None
+    #: The run the flow ran (its id, as stored), when the flow got that far.
+    run: str | None = None
 
 
 #: What Prefect raises when its embedded server does not answer within PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.
@@ -37,11 +39,17 @@ _EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect
 
 
 def run_job_flow(
-    loaded: LoadedSpec, root: Path, *, job_id: str | None = None, force: bool = False, api_url: str | None = None
+    loaded: LoadedSpec,
+    root: Path,
+    *,
+    job_id: str | None = None,
+    force: bool = False,
+    api_url: str | None = None,
+    run_key: str | None = None,
 ) -> FlowRunEnd:
     """Run the job's flow (tagged ``longrun`` plus the spec's tags) here until it returns.
 
-    ``job_id`` names an already registered job (resume); ``api_url`` the server
+    ``job_id`` names an existing run (resume), ``run_key`` an intended run; ``api_url`` the server
     (None: whatever Prefect's settings say). A ``KeyboardInterrupt``
     propagates: the caller says how to resume. An embedded server that does not
     start is ``prefect_unavailable`` (the flow run never began: nothing is journaled).
@@ -52,7 +60,13 @@ def run_job_flow(
     try:
         with temporary_settings(updates=updates), tags("longrun", *loaded.spec.tags):
             state = flow(
-                spec=spec_document(loaded.spec), root=str(root), source=source, job_id=job_id, force=force, return_state=True
+                spec=spec_document(loaded.spec),
+                root=str(root),
+                source=source,
+                job_id=job_id,
+                force=force,
+                run_key=run_key,
+                return_state=True,
             )
     except RuntimeError as exc:
         if _EPHEMERAL_TIMEOUT not in str(exc):
@@ -67,10 +81,16 @@ def run_job_flow(
             retryable=True,
         ) from None
     flow_run_id = state.state_details.flow_run_id
+    try:
+        data = state.result(raise_on_failure=False)
+    except Exception:  # no result to read back (a crash): the journal says what happened
+        data = None
+    run = data.get("job_id") if isinstance(data, dict) else None
     return FlowRunEnd(
         completed=state.is_completed(),
         message=state.message or "",
         flow_run_id=str(flow_run_id) if flow_run_id else None,
+        run=run if isinstance(run, str) else None,
     )
 
 

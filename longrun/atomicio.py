@@ -169,6 +169,27 @@ def write_once(path: PathLike, data: bytes | str) -> bool:
     raise SpecImmutable(f"{target} already exists with different content; it is write-once")
 
 
+def create_once(path: PathLike, data: bytes | str) -> bool:
+    """Create ``path`` with ``data`` unless it exists (with any content); True if this call created it.
+
+    The compare-and-set of a claim: of concurrent callers exactly one gets
+    True, whatever they write (the temp file is hard-linked into place).
+    """
+    target = Path(path)
+    if target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _write_temp(target.parent, target.name, _as_bytes(data))
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    finally:
+        _unlink_quietly(tmp)
+    fsync_dir(target.parent)
+    return True
+
+
 def append_line(fd_or_path: int | PathLike, line: bytes) -> None:
     """Append one whole line with a single ``os.write``, then fsync.
 

@@ -186,6 +186,9 @@ EXIT_CODES: dict[str, int | None] = {
     "workspace_dirty": _BAD,
     "usage_error": _BAD,
     "approval_step_unknown": _BAD,
+    "approval_conflict": _BAD,
+    # the same decision twice: the second records nothing and ends the command with 0
+    "approval_already_decided": None,
     "job_already_running": _BAD,
     "apply_nothing": _BAD,
     "evidence_missing": _BAD,
@@ -229,6 +232,26 @@ EXIT_CODES: dict[str, int | None] = {
     "junit_invalid": None,
     "budget_exhausted": None,
     "scope_violation": None,
+}
+
+#: Exit codes of ``run``/``resume`` by the run's status (docs/cli.md, "Exit codes"). The one table:
+#: every status has an entry (a test checks it against ``longrun.journal.state.Status``).
+EXIT_STOPPED = 3
+EXIT_STOPPED_BUDGET = 4
+EXIT_REJECTED = 5
+EXIT_WAITING = 6
+STATUS_EXIT: dict[str, int] = {
+    "COMPLETED": 0,
+    "FAILED": EXIT_FAILED,
+    # the command ended while the journal still says the run runs (its engine died), or never started it
+    "RUNNING": EXIT_FAILED,
+    "PENDING": EXIT_FAILED,
+    "STOPPED": EXIT_STOPPED,
+    "STOPPED_BUDGET": EXIT_STOPPED_BUDGET,
+    "REJECTED": EXIT_REJECTED,
+    # a human must decide, or has decided and the run waits for `longrun resume`
+    "WAITING_APPROVAL": EXIT_WAITING,
+    "APPROVED": EXIT_WAITING,
 }
 
 #: Every stable code, for docs and tests.

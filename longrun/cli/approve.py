@@ -21,63 +21,98 @@ __all__ = ["PARSERS", "cmd_approve"]
 def cmd_approve(args: argparse.Namespace, out: Out) -> int:
     """Decide an approval step.
 
-    If the job's flow run is paused at that step, resume it with the decision
-    (the run journals it). Otherwise journal the decision; ``longrun resume``
-    then continues the job.
+    The decision is journaled first, as a compare-and-set (the first decision
+    on a step wins; a second, different one is refused with
+    ``approval_conflict``). If the run's flow run is paused at that step it is
+    then resumed with the decision; otherwise ``longrun resume`` continues the
+    run and honours it.
     """
-    from longrun.governance.policy import approval_status
+    from longrun.governance.policy import approval_status, first_decision_wins
     from longrun.journal.registry import find_job
 
     record = find_job(job_root(args), args.job)
     state = record.state()
-    if state.status == "REJECTED":
+    decision = "rejected" if args.reject else "approved"
+    step = _step(record, state, args.step)
+    pending = state.pending_approval
+    if state.status == "REJECTED" and approval_status(state, step) == "pending":
         raise LongrunError(
-            f"{record.name} ({record.job_id}) was rejected at {state.stop_reason!r}; nothing to approve",
+            f"{record.name} ({record.run_ref}) was rejected at {state.stop_reason!r}; nothing to approve",
             code="approval_step_unknown",
         )
-    pending = state.pending_approval
-    if pending is not None and pending != args.step:
-        raise LongrunError(f"{record.name} waits for step {pending!r}, not {args.step!r}", code="approval_step_unknown")
-    if pending is None and approval_status(state, args.step) == "pending":
-        raise LongrunError(f"{record.name} ({record.job_id}) is not waiting for step {args.step!r}", code="approval_step_unknown")
-    decision = "rejected" if args.reject else "approved"
-    request = next(
-        (e for e in reversed(record.journal.read()) if e.type == "approval_requested" and e.payload.step == args.step), None
-    )
+    if pending is not None and pending != step and approval_status(state, step) == "pending":
+        raise LongrunError(f"{record.name} waits for step {pending!r}, not {step!r}", code="approval_step_unknown")
+    if pending is None and approval_status(state, step) == "pending":
+        raise LongrunError(f"{record.name} ({record.run_ref}) is not waiting for step {step!r}", code="approval_step_unknown")
+    events = record.journal.read()
+    request = next((e for e in reversed(events) if e.type == "approval_requested" and e.payload.step == step), None)
+    iteration = (request.payload.iteration if request else None) or state.iteration or None
     # A run may still be paused there only if nothing (a timeout) came after the request.
-    last_for_step = next((e for e in reversed(record.journal.read()) if getattr(e.payload, "step", None) == args.step), None)
+    last_for_step = next((e for e in reversed(events) if getattr(e.payload, "step", None) == step), None)
     was_waiting = state.status == "WAITING_APPROVAL" and last_for_step is not None and last_for_step.type == "approval_requested"
-    # Journal first: if the paused run's engine is gone, the decision is not lost.
-    record.journal.append(
-        decision,
-        {
-            "step": args.step,
-            "iteration": (request.payload.iteration if request else None) or state.iteration or None,
-            "approver": args.approver,
-            "comment": args.comment,
-        },
-        job_id=record.job_id,
-    )
+    try:
+        # Journal first: if the paused run's engine is gone, the decision is not lost.
+        record.journal.append(
+            decision,
+            {"step": step, "iteration": iteration, "approver": args.approver, "comment": args.comment},
+            job_id=record.job_id,
+            unless=first_decision_wins(step, iteration, decision),
+        )
+    except LongrunError as exc:
+        if exc.code != "approval_already_decided":
+            raise
+        out.emit(
+            f"{record.name} ({record.run_ref}): {exc.message}",
+            {"job_id": record.job_id, "step": step, "decision": decision, "recorded": False, "message": exc.message},
+        )
+        return EXIT_OK
     resumed = request is not None and was_waiting and _resume_paused(request, args)
     after = record.state()
     flow_run = request.payload.flow_run_id if request else None
-    human = f"{decision} step {args.step!r} of {record.name} ({record.job_id}) by {args.approver}"
+    human = f"{decision} step {step!r} of {record.name} ({record.run_ref}) by {args.approver}"
     if resumed:
         human += f": resumed paused flow run {flow_run}"
     else:
-        human += f"; status {after.status}" + ("" if args.reject else f"; continue with: longrun resume {record.job_id}")
+        human += f"; status {after.status}" + ("" if args.reject else f"; continue with: longrun resume {record.run_ref}")
     out.emit(
         human,
         {
             "job_id": record.job_id,
-            "step": args.step,
+            "run": record.run_ref,
+            "step": step,
             "decision": decision,
+            "recorded": True,
             "approver": args.approver,
             "status": str(after.status),
             "resumed_flow_run": flow_run if resumed else None,
         },
     )
     return EXIT_OK
+
+
+def _step(record, state, given: str | None) -> str:
+    """The step to decide: as given, or the stage id an approval guards (``plan`` for ``before-plan``),
+    or without ``--step`` the one approval the run waits for."""
+    if given is None:
+        if state.pending_approval is None:
+            raise LongrunError(
+                f"{record.name} ({record.run_ref}) is not waiting for an approval; name the step with --step",
+                code="approval_step_unknown",
+            )
+        return str(state.pending_approval)
+    steps = {a.step_name: a for a in record.load().spec.approvals}
+    if given in steps or given.startswith("escalate:"):
+        return given
+    guarded = [name for name, a in steps.items() if a.before == given]
+    if len(guarded) == 1:
+        return guarded[0]
+    if given == "gates" and "after-gates" in steps:
+        return "after-gates"
+    known = ", ".join(sorted(steps)) or "none"
+    raise LongrunError(
+        f"{record.name} ({record.run_ref}) has no approval step {given!r} (steps: {known}; a stage id names the step before it)",
+        code="approval_step_unknown",
+    )
 
 
 def _resume_paused(request, args: argparse.Namespace) -> bool:
@@ -126,7 +161,11 @@ def _server_for(args: argparse.Namespace, recorded: str | None) -> str | None:
 def _add_approve(sub: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("approve", parents=[common], help="approve (or --reject) a step a job waits for")
     s.add_argument("job", metavar="JOB")
-    s.add_argument("--step", required=True, help="the step, e.g. 'release' or 'escalate:tests'")
+    s.add_argument(
+        "--step",
+        default=None,
+        help="the step ('before-plan', or the stage id 'plan'; 'escalate:tests'); default: the one the run waits for",
+    )
     s.add_argument("--approver", required=True, help="who decides (journaled)")
     s.add_argument("--reject", action="store_true", help="reject instead of approve")
     s.add_argument("--comment", default="")

@@ -9,7 +9,7 @@ Exit codes are stable:
 3     the job STOPPED (max iterations, wall time, stop file, no progress)
 4     the job STOPPED_BUDGET (budget governor)
 5     the job was REJECTED at an approval
-6     the job is WAITING_APPROVAL
+6     the job is WAITING_APPROVAL, or APPROVED and waiting for ``longrun resume``
 7     evidence upload failed (``evidence_upload_failed``); the local bundle is
       kept and ``longrun evidence push JOB`` retries
 8     no Prefect server could be reached or started (``prefect_unavailable``);
@@ -29,7 +29,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from longrun.errors import EXIT_BAD_INPUT, EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED, EXIT_PREFECT_UNAVAILABLE
+from longrun.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_EVIDENCE_UPLOAD_FAILED,
+    EXIT_FAILED,
+    EXIT_PREFECT_UNAVAILABLE,
+    EXIT_REJECTED,
+    EXIT_STOPPED,
+    EXIT_STOPPED_BUDGET,
+    EXIT_WAITING,
+    STATUS_EXIT,
+)
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -49,21 +59,7 @@ __all__ = [
 ]
 
 EXIT_OK = 0
-EXIT_STOPPED = 3
-EXIT_STOPPED_BUDGET = 4
-EXIT_REJECTED = 5
-EXIT_WAITING = 6
 EXIT_INTERRUPTED = 130
-
-#: A job's status → the exit code of ``run``/``resume`` (also for a job that is already over).
-STATUS_EXIT = {
-    "COMPLETED": EXIT_OK,
-    "FAILED": EXIT_FAILED,
-    "STOPPED": EXIT_STOPPED,
-    "STOPPED_BUDGET": EXIT_STOPPED_BUDGET,
-    "REJECTED": EXIT_REJECTED,
-    "WAITING_APPROVAL": EXIT_WAITING,
-}
 
 #: Defaults for Prefect in this process (and the servers it starts); the user's environment wins.
 PREFECT_DEFAULTS = {

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Any
 
@@ -150,11 +151,53 @@ def cmd_deploy(args: argparse.Namespace, out: Out) -> int:
         from longrun.cli.connect import connect
 
         connect(args)  # the local server by default: served runs show in its UI
-    from longrun.flows.deploy_runner import apply_deployment, next_run_times, runner_deployment, serve
+    from longrun.flows import deploy_runner
 
     _api_note()
-    pool = None if args.serve else (args.pool or DEFAULT_POOL)
-    flow, deployment = runner_deployment(plan, pool)
+    if not args.serve:
+        return _deploy(plan, args.pool or DEFAULT_POOL, out)
+    with deploy_runner.stop_on_signals() as seen:
+        deployment_id = None
+        try:
+            deployment, deployment_id = _apply(plan, None, out)
+            print(
+                f"serving {plan.full_name} from this process (pid {os.getpid()}); Ctrl-C stops serving and pauses its schedule",
+                file=sys.stderr,
+                flush=True,
+            )
+            deploy_runner.serve(deployment, seen)
+        except deploy_runner.ServeStopped:
+            pass
+        finally:
+            # Whatever the moment of the signal: no schedule keeps running without its server.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                paused = deploy_runner.pause_schedule(plan.full_name, deployment_id)
+            except Exception as exc:
+                raise _api_errors(exc) from None
+    why = f" on {seen[0]}" if seen else ""
+    if paused:
+        print(
+            f"stopped serving {plan.full_name}{why}; its schedule is paused "
+            "(resume: prefect deployment schedule resume, or deploy again)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"stopped serving {plan.full_name}{why} before it was deployed; nothing to pause", file=sys.stderr)
+    return EXIT_OK
+
+
+def _deploy(plan, pool: str, out: Out) -> int:
+    _apply(plan, pool, out)
+    return EXIT_OK
+
+
+def _apply(plan, pool: str | None, out: Out) -> tuple[Any, Any]:
+    """Create or update the deployment (for ``pool``, or to be served), print what it is; returns it and its id."""
+    from longrun.flows.deploy_runner import apply_deployment, next_run_times, runner_deployment
+
+    _, deployment = runner_deployment(plan, pool)
     try:
         created_pool = _ensure_pool(pool) if pool else False
         deployment_id = apply_deployment(deployment, pool)
@@ -164,7 +207,7 @@ def cmd_deploy(args: argparse.Namespace, out: Out) -> int:
         raise _api_errors(exc) from None
     doc = plan.to_dict() | {
         "deployment_id": str(deployment_id),
-        "mode": "serve" if args.serve else "pool",
+        "mode": "pool" if pool else "serve",
         "pool": pool,
         "pool_created": created_pool,
         "entrypoint": deployment.entrypoint,
@@ -174,19 +217,7 @@ def cmd_deploy(args: argparse.Namespace, out: Out) -> int:
         doc["next_runs"] = [d.isoformat() for d in next_run_times(plan.schedule, 3)]
     out.emit(_deploy_text(doc), doc)
     sys.stdout.flush()
-    if not args.serve:
-        return EXIT_OK
-    print(
-        f"serving {plan.full_name} from this process (pid {os.getpid()}); Ctrl-C stops serving and pauses its schedule",
-        file=sys.stderr,
-        flush=True,
-    )
-    serve(flow, plan)
-    print(
-        f"stopped serving {plan.full_name}; its schedule is paused (resume: prefect deployment schedule resume, or deploy again)",
-        file=sys.stderr,
-    )
-    return EXIT_OK
+    return deployment, deployment_id
 
 
 def _ensure_pool(pool: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from longrun.cli.common import EXIT_BAD_INPUT, EXIT_OK, Out, job_root
 from longrun.errors import LongrunError, SpecError
 
-__all__ = ["PARSERS", "cmd_list", "cmd_plan", "cmd_status", "cmd_stop", "cmd_tail", "cmd_validate", "plan_document"]
+__all__ = ["PARSERS", "cmd_list", "cmd_plan", "cmd_runs", "cmd_status", "cmd_stop", "cmd_tail", "cmd_validate", "plan_document"]
 
 
 # ---------------------------------------------------------------- validate, plan
@@ -173,6 +173,9 @@ def _ts(value) -> str | None:
 def _state_dict(record, state) -> dict[str, Any]:
     return {
         "job_id": record.job_id,
+        "job": record.definition,
+        "run": record.run_ref,
+        "run_key": state.run_key,
         "name": record.name,
         "status": str(state.status),
         "reason": state.stop_reason,
@@ -183,7 +186,8 @@ def _state_dict(record, state) -> dict[str, Any]:
         "tokens": state.tokens_total,
         "active_seconds": round(state.active_seconds, 3),
         "no_progress_streak": state.no_progress_streak,
-        "runs": list(state.runs),
+        #: Flow runs that ran this run: one per start, resume or approval that went on.
+        "segments": list(state.runs),
         "last_event": {"seq": state.last_seq, "type": state.last_event_type, "ts": _ts(state.last_event_ts)},
         "stop_requested": state.stop_requested,
         "pruned_iterations": list(state.pruned_iterations),
@@ -199,12 +203,17 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     d = _state_dict(record, state)
     gates = state.gate_results.get(state.iteration, {})
     d["gates"] = {name: g.passed for name, g in gates.items()}
-    human = [
-        f"{record.name} ({record.job_id})",
-        f"  status      {d['status']}" + (f" [{d['reason']}]" if d["reason"] else ""),
+    runs = _runs_of(record)
+    human = [f"{record.name} ({record.run_ref})"]
+    if state.run_key is not None:
+        number = next((i for i, c in enumerate(runs, 1) if c.run_id == record.job_id), len(runs))
+        human.append(f"  run         #{number} of {len(runs)}, key {state.run_key}")
+    d["runs_of_job"] = len(runs)
+    human += [
+        f"  status      {d['status']}" + (f" [{_reason_text(d['reason'])}]" if d["reason"] else ""),
         f"  iterations  {d['iterations_finished']}" + (f" (iteration {d['open_iteration']} open)" if d["open_iteration"] else ""),
         f"  spend       ${d['usd']:.4f}, {d['tokens']} tokens",
-        f"  wall time   {d['active_seconds']:.1f}s over {len(d['runs'])} run(s)",
+        f"  wall time   {d['active_seconds']:.1f}s over {len(d['segments'])} segment(s)",
     ]
     if gates:
         human.append("  gates       " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in d["gates"].items()))
@@ -221,25 +230,72 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def _runs_of(record) -> list:
+    from longrun.journal.runs import list_runs
+
+    return list_runs(record.paths.root, record.definition)
+
+
+def _reason_text(reason: Any) -> str:
+    if isinstance(reason, dict):
+        return " ".join(f"{k}={v}" for k, v in reason.items())
+    return str(reason)
+
+
 def cmd_list(args: argparse.Namespace, out: Out) -> int:
     from longrun.journal.registry import list_jobs
 
     rows = []
     for record in list_jobs(job_root(args)):
-        state = record.state()
-        rows.append(_state_dict(record, state))
+        row = _state_dict(record, record.state())
+        row["runs_of_job"] = len(_runs_of(record))
+        rows.append(row)
     if out.json:
         print(json.dumps({"jobs": rows}, sort_keys=True, default=str))
         return EXIT_OK
     if not rows:
         print("no jobs under " + str(job_root(args)))
         return EXIT_OK
-    print(f"{'JOB ID':<13} {'NAME':<24} {'STATUS':<17} {'ITER':>4}  LAST EVENT")
+    print(f"{'JOB ID':<13} {'NAME':<24} {'RUNS':>4}  {'LAST RUN':<13} {'STATUS':<17} {'ITER':>4}  LAST EVENT")
     for r in rows:
         last = r["last_event"]
+        run = r["job_id"] if r["job_id"] != r["job"] else "-"
         print(
-            f"{r['job_id']:<13} {r['name'][:24]:<24} {r['status']:<17} {r['iterations_finished']:>4}  #{last['seq']} {last['type']} {last['ts']}"
+            f"{r['job']:<13} {r['name'][:24]:<24} {r['runs_of_job']:>4}  {run:<13} {r['status']:<17} "
+            f"{r['iterations_finished']:>4}  #{last['seq']} {last['type']} {last['ts']}"
         )
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace, out: Out) -> int:
+    """Every run of a job, oldest first: number, id, key, status, iterations, spend."""
+    from longrun.journal.registry import find_job, run_record
+
+    job = find_job(job_root(args), args.job.partition("@")[0])
+    rows = []
+    for number, claim in enumerate(_runs_of(job), 1):
+        record = run_record(job.paths.root, claim)
+        state = record.state()
+        rows.append(
+            {
+                "number": number,
+                "run": record.run_ref,
+                "run_id": claim.run_id,
+                "key": claim.key,
+                "trigger": claim.trigger,
+                "opened_at": claim.opened_at,
+                "status": str(state.status),
+                "iterations": state.iterations_finished,
+                "usd": round(state.usd_total, 6),
+                "tokens": state.tokens_total,
+            }
+        )
+    lines = [f"{job.name} ({job.definition}): {len(rows)} run(s)"]
+    lines += [
+        f"  #{r['number']:<3} {r['run_id']:<13} {r['status']:<17} {r['iterations']:>4} it  ${r['usd']:.4f}  {r['trigger']:<9} {r['key']}"
+        for r in rows
+    ]
+    out.emit("\n".join(lines), {"job": job.definition, "name": job.name, "runs": rows})
     return EXIT_OK
 
 
@@ -316,8 +372,8 @@ def _add_stop(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("status", parents=[common], help="a job's state, derived from its journal")
-    s.add_argument("job", metavar="JOB")
+    s = sub.add_parser("status", parents=[common], help="a run's state (a job's latest run, or JOB@RUN), from its journal")
+    s.add_argument("job", metavar="JOB", help="a job (its latest run) or JOB@RUN")
     s.set_defaults(fn=cmd_status)
 
 
@@ -326,9 +382,15 @@ def _add_list(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(fn=cmd_list)
 
 
-def _add_tail(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("tail", parents=[common], help="print a job's events in order")
+def _add_runs(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("runs", parents=[common], help="every run of a job, oldest first")
     s.add_argument("job", metavar="JOB")
+    s.set_defaults(fn=cmd_runs)
+
+
+def _add_tail(sub: Any, common: argparse.ArgumentParser) -> None:
+    s = sub.add_parser("tail", parents=[common], help="print a run's events in order (a job's latest run, or JOB@RUN)")
+    s.add_argument("job", metavar="JOB", help="a job (its latest run) or JOB@RUN")
     s.add_argument("-f", "--follow", action="store_true", help="keep printing new events until the run ends")
     s.add_argument("--forever", action="store_true", help="with --follow: do not end when the run ends")
     s.add_argument("-n", type=int, default=None, help="only the last N events first")
@@ -342,5 +404,6 @@ PARSERS = {
     "stop": _add_stop,
     "status": _add_status,
     "list": _add_list,
+    "runs": _add_runs,
     "tail": _add_tail,
 }

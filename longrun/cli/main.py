@@ -33,6 +33,7 @@ COMMANDS = (
     "stop",
     "status",
     "list",
+    "runs",
     "tail",
     "approve",
     "apply",

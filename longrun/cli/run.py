@@ -29,8 +29,10 @@ from longrun.errors import LongrunError, exit_code_for
 __all__ = ["PARSERS", "cmd_resume", "cmd_run"]
 
 
-def _run_flow(args: argparse.Namespace, loaded, root: Path, out: Out, *, job_id: str | None = None) -> int:
-    """Run the job's flow in this process and report its outcome from the journal."""
+def _run_flow(
+    args: argparse.Namespace, loaded, root: Path, out: Out, *, job_id: str | None = None, run_key: str | None = None
+) -> int:
+    """Run the job's flow in this process and report the run's outcome from its journal."""
     from longrun.cli.connect import connect
     from longrun.engine.preflight import preflight
     from longrun.journal.registry import find_job
@@ -40,13 +42,13 @@ def _run_flow(args: argparse.Namespace, loaded, root: Path, out: Out, *, job_id:
     from longrun.flows.runner import run_job_flow
 
     try:
-        end = run_job_flow(loaded, root, job_id=job_id, force=args.force, api_url=api_url)
+        end = run_job_flow(loaded, root, job_id=job_id, force=args.force, api_url=api_url, run_key=run_key)
     except KeyboardInterrupt:
-        print("interrupted; resume with: longrun resume " + loaded.job_id, file=sys.stderr)
+        print("interrupted; resume with: longrun resume " + (job_id or loaded.job_id), file=sys.stderr)
         return EXIT_INTERRUPTED
     if not end.completed and end.message.startswith("job_already_running: "):
         raise LongrunError(end.message.removeprefix("job_already_running: "), code="job_already_running")
-    record = find_job(root, loaded.job_id)
+    record = find_job(root, end.run or job_id or loaded.job_id)
     outcome = record.outcome(run_id=end.flow_run_id)
     journaled = record.state()
     if not end.completed and (not journaled.is_terminal or journaled.status == "FAILED"):
@@ -65,13 +67,13 @@ def _run_flow(args: argparse.Namespace, loaded, root: Path, out: Out, *, job_id:
         return EXIT_BAD_INPUT
     if outcome["status"] == "COMPLETED" and "evidence_upload_failed" in outcome:
         # The job is done and its bundle is kept locally; only the upload must be retried.
-        print(f"evidence upload failed; retry with: longrun evidence push {loaded.job_id}", file=sys.stderr)
+        print(f"evidence upload failed; retry with: longrun evidence push {record.job_id}", file=sys.stderr)
         return EXIT_EVIDENCE_UPLOAD_FAILED
     return STATUS_EXIT.get(outcome["status"], EXIT_FAILED)
 
 
 def _print_outcome(outcome: dict[str, Any], out: Out) -> None:
-    human = f"{outcome['name']} ({outcome['job_id']}): {outcome['status']}"
+    human = f"{outcome['name']} ({outcome.get('run_ref') or outcome['job_id']}): {outcome['status']}"
     if outcome.get("code"):
         human += f" [{outcome['code']}: {outcome['message']}]"
     elif outcome.get("reason"):
@@ -96,26 +98,44 @@ def _registered_source(record) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
+    """Run the spec's job: the run ``--key`` names, else continue its last run unless that is over, else a new run."""
     from longrun.journal.registry import find_job
+    from longrun.journal.runs import check_run_key, run_id_for
     from longrun.spec import load_spec
 
     root = job_root(args)
     loaded = load_spec(args.path)
-    try:
-        record = find_job(root, loaded.job_id)
-    except LongrunError:
-        record = None
-    if record is not None and (code := _already_over(record, record.state(), out)) is not None:
-        return code
-    return _run_flow(args, loaded, root, out)
+    key = check_run_key(args.key) if args.key is not None else None
+    if key is not None:
+        try:
+            record = find_job(root, run_id_for(loaded.job_id, key))
+        except LongrunError:
+            record = None
+        if record is not None and (code := _already_over(record, record.state(), out)) is not None:
+            return code
+    return _run_flow(args, loaded, root, out, run_key=key)
+
+
+def _resumable(root: Path, ref: str):
+    """``JOB@RUN`` as named; ``JOB``: its last run that is not over (else its last run)."""
+    from longrun.journal.registry import find_job, run_record
+    from longrun.journal.runs import list_runs
+
+    record = find_job(root, ref)
+    if "@" in ref or (record.claim is None and record.definition != record.job_id):
+        return record
+    for claim in reversed(list_runs(root, record.definition)):
+        candidate = run_record(root, claim)
+        if candidate.state().status not in ("COMPLETED", "REJECTED"):
+            return candidate
+    return record
 
 
 def cmd_resume(args: argparse.Namespace, out: Out) -> int:
     from longrun import atomicio
-    from longrun.journal.registry import find_job
 
     root = job_root(args)
-    record = find_job(root, args.job)
+    record = _resumable(root, args.job)
     if (code := _already_over(record, record.state(), out)) is not None:
         return code
     loaded = record.load()
@@ -139,16 +159,19 @@ _FORCE_HELP = "start even if the journal says another run of this job is alive"
 
 
 def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("run", parents=[common], help="run (or continue) the job a spec describes")
+    s = sub.add_parser("run", parents=[common], help="run the job a spec describes (a new run once its last is over)")
     s.add_argument("path", metavar="PATH")
+    s.add_argument(
+        "--key", default=None, help="the intended run: the same key always means the same run (started once, then continued)"
+    )
     s.add_argument("--force", action="store_true", help=_FORCE_HELP)
     add_ephemeral(s)
     s.set_defaults(fn=cmd_run)
 
 
 def _add_resume(sub: Any, common: argparse.ArgumentParser) -> None:
-    s = sub.add_parser("resume", parents=[common], help="continue a stopped or crashed job")
-    s.add_argument("job", metavar="JOB")
+    s = sub.add_parser("resume", parents=[common], help="continue a job's last unfinished run (or JOB@RUN)")
+    s.add_argument("job", metavar="JOB", help="a job (its last unfinished run) or JOB@RUN")
     s.add_argument("--force", action="store_true", help=_FORCE_HELP)
     add_ephemeral(s)
     s.set_defaults(fn=cmd_resume)

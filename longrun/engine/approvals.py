@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Literal
 
 from longrun.engine.ports import Wait
 from longrun.engine.session import Session
+from longrun.errors import LongrunError
 from longrun.execution.checkpoint import patch_stats
+from longrun.governance.policy import first_decision_wins
 from longrun.journal.state import RunState
 from longrun.spec.models import Approval
 
@@ -103,7 +105,20 @@ def ask(e: Engine, step: str, iteration: int, what: str) -> Decision:
     else:
         decision = "approved" if answer.decision == "approve" else "rejected"
         who, comment = answer.approver, answer.comment
-        s.emit(decision, {"step": step, "iteration": iteration, "approver": who, "comment": comment})
+        try:
+            s.emit(
+                decision,
+                {"step": step, "iteration": iteration, "approver": who, "comment": comment},
+                unless=first_decision_wins(step, iteration, decision),
+            )
+        except LongrunError as exc:
+            if exc.code not in ("approval_conflict", "approval_already_decided"):
+                raise
+            # `longrun approve` journaled a decision between our read and our append: it was first, it wins.
+            s.sync()
+            record = s.state.approvals[step]
+            decision = "approved" if record.decision == "approved" else "rejected"
+            who, comment = record.approver, record.comment or ""
     s.say(f"  {decision} {step!r} by {who}" + (f": {comment}" if comment else ""))
     if decision == "approved":
         s.start_segment()  # the run goes on: a new active segment (time spent waiting is not run time)

@@ -10,8 +10,6 @@ contract check). Everything here talks to the world through
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -22,13 +20,13 @@ from longrun.engine.approvals import suspended_here
 from longrun.engine.finish import finish
 from longrun.engine.iteration import run_iteration
 from longrun.engine.report import human, usage_payload
+from longrun.engine.runs import alive
 from longrun.engine.session import Session
 from longrun.errors import LongrunError
 from longrun.execution.checkpoint import StageResult
 from longrun.governance.budget import BudgetGovernor, expected_stage_io, expected_stage_spend
 from longrun.governance.policy import blocking_approval
 from longrun.governance.stop import StopCondition, StopInput, policy_from_spec
-from longrun.journal.registry import live_local_pid
 from longrun.spec.compile import ExecutionPlan
 from longrun.workspace import worktree
 
@@ -82,6 +80,7 @@ class Engine:
                 *expected,
                 lineage_usd=lineage[0],
                 lineage_tokens=lineage[1],
+                job_prior_usd=s.prior_usd,
                 expected_input_tokens=io[0],
                 expected_output_tokens=io[1],
             )
@@ -100,7 +99,12 @@ class Engine:
                 s.ports.clock.sleep(min(1.0, left))
 
     def expected(self, stage_id: str | None) -> tuple[float, int]:
-        return expected_stage_spend(self.s.state, stage_id) if stage_id else (0.0, 0)
+        """The stage's largest spend so far, in this run or (for a run's first estimate) the job's other runs."""
+        if not stage_id:
+            return (0.0, 0)
+        own = expected_stage_spend(self.s.state, stage_id)
+        prior = self.s.prior_stage_spend.get(stage_id, (0.0, 0))
+        return (max(own[0], prior[0]), max(own[1], prior[1]))
 
     def expected_io(self, stage_id: str | None) -> tuple[int, int]:
         return expected_stage_io(self.s.state, stage_id) if stage_id else (0, 0)
@@ -145,10 +149,37 @@ class Engine:
 def run_job(s: Session, *, source: str | None = None, force: bool = False) -> dict[str, Any]:
     """Run the job until it completes or stops; returns its outcome.
 
-    A ``COMPLETED``/``REJECTED`` job, or one waiting for an approval, returns
+    A ``COMPLETED``/``REJECTED`` run, or one waiting for an approval, returns
     at once. A failure is journaled as ``run_failed`` (so the evidence bundle
-    records it) and raised with ``journaled`` set.
+    records it) and raised with ``journaled`` set. The job's start lock
+    (``ports.start_lock``) is released once the run has started, or has
+    nothing to start.
     """
+    try:
+        over = _start(s, source, force)
+    finally:
+        s.ports.start_lock.release()
+    if over is not None:
+        return over
+    rt = s.rt
+    if rt.spec.isolation == "worktree":
+        wt = s.ports.workspace.isolate(rt)
+        s.rt = replace(rt, workdir=wt)
+        s.say(f"isolated in worktree {wt} (branch {worktree.branch_name(rt.job_id)})")
+    try:
+        _loop(Engine.for_session(s))
+    except LongrunError as exc:
+        s.emit("run_failed", {"code": exc.code, "message": exc.message})
+        exc.journaled = True
+        raise
+    finally:
+        if s.state.is_terminal:
+            finish(s)
+    return s.outcome()
+
+
+def _start(s: Session, source: str | None, force: bool) -> dict[str, Any] | None:
+    """Journal ``run_started``, or return the outcome of a run with nothing to start."""
     rt, state = s.rt, s.state
     if state.status in ("COMPLETED", "REJECTED"):
         if state.evidence_behind:
@@ -164,27 +195,14 @@ def run_job(s: Session, *, source: str | None = None, force: bool = False) -> di
             f"approve it with: longrun approve {rt.job_id} --step {step} --approver NAME"
         )
         return s.outcome()
-    if not force and (alive := live_run(s)) is not None:
+    if not force and (why := live_run(s)) is not None:
         raise LongrunError(
-            f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({alive}); refusing to start it twice (use --force if that run is gone)",
+            f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({why}); refusing to start it twice (use --force if that run is gone)",
             code="job_already_running",
         )
     s.ports.workspace.prepare(rt, Path(source).parent if source else None)
     s.start_segment(resumed=state.iteration > 0)
-    if rt.spec.isolation == "worktree":
-        wt = s.ports.workspace.isolate(rt)
-        s.rt = replace(rt, workdir=wt)
-        s.say(f"isolated in worktree {wt} (branch {worktree.branch_name(rt.job_id)})")
-    try:
-        _loop(Engine.for_session(s))
-    except LongrunError as exc:
-        s.emit("run_failed", {"code": exc.code, "message": exc.message})
-        exc.journaled = True
-        raise
-    finally:
-        if s.state.is_terminal:
-            finish(s)
-    return s.outcome()
+    return None
 
 
 def _loop(e: Engine) -> None:
@@ -214,21 +232,5 @@ def _loop(e: Engine) -> None:
 
 
 def live_run(s: Session) -> str | None:
-    """Whether the job's last run is still alive (the journal-level duplicate-run guard).
-
-    A RUNNING status alone does not mean a live run: a SIGKILLed engine leaves
-    it behind. The last ``run_started`` names its flow run, host and pid: on
-    this host the pid must be alive; elsewhere the orchestrator must still see
-    the flow run as running or paused.
-    """
-    started = s.state.last_run
-    if s.state.status != "RUNNING" or started is None:
-        return None
-    if started.pid is not None and started.host == socket.gethostname():
-        pid = live_local_pid(started)
-        if pid is None or pid == os.getpid():
-            return None
-        return f"pid {pid} on {started.host}, flow run {started.flow_run_id}"
-    if started.flow_run_id and started.flow_run_id != s.rt.run_id:
-        return s.ports.liveness.flow_run_alive(started.flow_run_id)
-    return None
+    """Whether this run is already live in another process (the journal-level duplicate-run guard)."""
+    return alive(s.state, s.ports.liveness, s.rt.run_id)

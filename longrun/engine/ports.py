@@ -10,12 +10,13 @@ never executed again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from longrun.errors import LongrunError
 from longrun.execution.checkpoint import GateResult, IterationCheckpoint, StageResult
 from longrun.execution.gates import GateInput
 from longrun.execution.runtime import JobRuntime
@@ -35,8 +36,20 @@ class JournalPort(Protocol):
         """Events appended since the last ``read``/``tail`` (by anyone), in order."""
         ...
 
-    def append(self, type: str, payload: Mapping[str, Any], *, job_id: str) -> Event:
-        """Append one event with the next ``seq``; returns it."""
+    def append(
+        self,
+        type: str,
+        payload: Mapping[str, Any],
+        *,
+        job_id: str,
+        unless: Callable[[RunState], LongrunError | None] | None = None,
+    ) -> Event:
+        """Append one event with the next ``seq``; returns it.
+
+        ``unless`` makes it a compare-and-set: called with the state of every
+        event before this one, atomically with the append; an error it returns
+        is raised and nothing is appended.
+        """
         ...
 
 
@@ -148,4 +161,12 @@ class Clock(Protocol):
 class LivenessPort(Protocol):
     def flow_run_alive(self, flow_run_id: str) -> str | None:
         """A description if the flow run is still running or paused, else None."""
+        ...
+
+
+class StartLock(Protocol):
+    """The job's start lock (one start of a job at a time), held until the run has journaled ``run_started``."""
+
+    def release(self) -> None:
+        """Let go; idempotent."""
         ...

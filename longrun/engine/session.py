@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from longrun.engine.ports import ApproverPort, Clock, Executor, JournalPort, LivenessPort, ProgressPort, RecordPort, WorkspacePort
+from longrun.engine.ports import (
+    ApproverPort,
+    Clock,
+    Executor,
+    JournalPort,
+    LivenessPort,
+    ProgressPort,
+    RecordPort,
+    StartLock,
+    WorkspacePort,
+)
+from longrun.errors import LongrunError
 from longrun.execution.runtime import JobRuntime
 from longrun.governance.lineage import LineageSpend
 from longrun.journal.events import Event
@@ -34,6 +45,11 @@ class SystemClock:
         time.sleep(seconds)
 
 
+class NoLock:
+    def release(self) -> None:
+        return None
+
+
 class NoLiveness:
     def flow_run_alive(self, flow_run_id: str) -> str | None:
         return None
@@ -49,23 +65,39 @@ class Ports:
     progress: ProgressPort
     clock: Clock = field(default_factory=SystemClock)
     liveness: LivenessPort = field(default_factory=NoLiveness)
+    #: The job's start lock, held by the caller until this run has started (released by the engine).
+    start_lock: StartLock = field(default_factory=NoLock)
 
 
 class Session:
     """One run of one job: the runtime, the ports and the state folded so far."""
 
-    def __init__(self, rt: JobRuntime, ports: Ports, *, lineage: LineageSpend | None = None) -> None:
+    def __init__(
+        self,
+        rt: JobRuntime,
+        ports: Ports,
+        *,
+        lineage: LineageSpend | None = None,
+        prior_usd: float = 0.0,
+        prior_stage_spend: Mapping[str, tuple[float, int]] | None = None,
+    ) -> None:
         self.rt = rt
         self.ports = ports
         self.state: RunState = replay(ports.journal.read())
+        #: USD the job's other runs spent (``budgets.job_total_usd``); they are over or not live, so it is fixed.
+        self.prior_usd = prior_usd
+        #: stage → its largest spend in the job's other runs: a new run's first estimate of a stage.
+        self.prior_stage_spend = dict(prior_stage_spend or {})
         #: The spend of the job's descendants (SPEC S4), read incrementally.
         self.lineage = lineage if lineage is not None else LineageSpend(rt.root, rt.job_id)
 
     # -- the journal ----------------------------------------------------------
 
-    def emit(self, type_: str, payload: Mapping[str, Any]) -> Event:
-        """Append an event and fold it (and anything others appended before it)."""
-        event = self.ports.journal.append(type_, payload, job_id=self.rt.job_id)
+    def emit(
+        self, type_: str, payload: Mapping[str, Any], *, unless: Callable[[RunState], LongrunError | None] | None = None
+    ) -> Event:
+        """Append an event and fold it (and anything others appended before it); ``unless``: see JournalPort.append."""
+        event = self.ports.journal.append(type_, payload, job_id=self.rt.job_id, unless=unless)
         self.sync()
         try:
             self.ports.progress.event(event)

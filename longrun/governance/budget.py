@@ -56,6 +56,7 @@ __all__ = [
     "expected_stage_io",
     "expected_stage_spend",
     "max_input_tokens",
+    "max_job_total_usd",
     "max_output_tokens",
     "max_tokens",
     "max_total_usd",
@@ -70,7 +71,7 @@ HOUR = timedelta(minutes=60)
 #: Float noise tolerated in USD comparisons.
 _EPS = 1e-9
 
-Reason = Literal["total_usd", "usd", "tokens", "input_tokens", "output_tokens", "per_hour_usd"]
+Reason = Literal["total_usd", "usd", "tokens", "input_tokens", "output_tokens", "per_hour_usd", "job_total_usd"]
 
 
 def _r(x: float) -> float:
@@ -152,6 +153,8 @@ class BudgetInput:
     #: Spend of other jobs charged to this budget (a lineage's children; see lineage.spend_for_root).
     lineage_usd: float = 0.0
     lineage_tokens: int = 0
+    #: USD the job's other runs spent (``job_total_usd``).
+    job_prior_usd: float = 0.0
     expected_input_tokens: int = 0
     expected_output_tokens: int = 0
 
@@ -174,6 +177,8 @@ class BudgetInput:
         if self.lineage_usd or self.lineage_tokens:
             out["lineage_usd"] = _r(self.lineage_usd)
             out["lineage_tokens"] = self.lineage_tokens
+        if self.job_prior_usd:
+            out["job_usd_total"] = _r(u.usd_total + self.lineage_usd + self.job_prior_usd)
         return out
 
 
@@ -270,6 +275,19 @@ class max_output_tokens(BudgetLimit):
 
 
 @dataclass(frozen=True)
+class max_job_total_usd(BudgetLimit):
+    """USD of this run plus every other run of the job (``budgets.job_total_usd``)."""
+
+    limit: float
+
+    def __call__(self, inp: BudgetInput) -> BudgetDecision | None:
+        current = inp.state.usd_total + inp.lineage_usd + inp.job_prior_usd
+        if _crosses(current, inp.expected_usd, self.limit, _EPS):
+            return BudgetDecision("job_total_usd", self.limit, inp.counters())
+        return None
+
+
+@dataclass(frozen=True)
 class max_tokens(BudgetLimit):
     limit: int
 
@@ -331,6 +349,8 @@ class BudgetGovernor:
             policy = policy | max_total_usd(budgets.total_usd)
         if budgets.usd is not None:
             policy = policy | max_total_usd(budgets.usd, reason="usd")
+        if budgets.job_total_usd is not None:
+            policy = policy | max_job_total_usd(budgets.job_total_usd)
         if budgets.tokens is not None:
             policy = policy | max_tokens(budgets.tokens)
         if budgets.input_tokens is not None:
@@ -350,11 +370,20 @@ class BudgetGovernor:
         *,
         lineage_usd: float = 0.0,
         lineage_tokens: int = 0,
+        job_prior_usd: float = 0.0,
         expected_input_tokens: int = 0,
         expected_output_tokens: int = 0,
     ) -> BudgetDecision | None:
         inp = BudgetInput(
-            state, now, expected_usd, expected_tokens, lineage_usd, lineage_tokens, expected_input_tokens, expected_output_tokens
+            state,
+            now,
+            expected_usd,
+            expected_tokens,
+            lineage_usd,
+            lineage_tokens,
+            job_prior_usd,
+            expected_input_tokens,
+            expected_output_tokens,
         )
         decision = self.policy(inp)
         if decision is None or decision.reason != "per_hour_usd" or self.budgets.on_hourly_limit != "wait":

@@ -38,10 +38,11 @@ and lists the events the flow should journal for it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from longrun.errors import LongrunError
 from longrun.journal.payloads import escalation_step
 from longrun.journal.state import RunState
 from longrun.spec.compile import PlannedGate
@@ -256,3 +257,24 @@ def judge_iteration(
         return IterationVerdict("retry", iteration, reason, decisions=decisions, skipped=tuple(skipped))
     reason = "all required gates passed" + (f" ({len(skipped)} skipped by policy)" if skipped else "")
     return IterationVerdict("complete", iteration, reason, decisions=decisions, skipped=tuple(skipped))
+
+
+def first_decision_wins(step: str, iteration: int | None, decision: str) -> Callable[[RunState], LongrunError | None]:
+    """The condition of a decision's append: no decision on ``step`` for ``iteration`` is journaled yet.
+
+    Used with ``Journal.append(..., unless=...)``, so of two concurrent
+    deciders exactly one is recorded. The refusal names who decided first;
+    its code is ``approval_already_decided`` when the first decision is the
+    same one (nothing to do), ``approval_conflict`` when it differs.
+    """
+
+    def check(state: RunState) -> LongrunError | None:
+        record = state.approvals.get(step)
+        if record is None or (iteration is not None and record.iteration != iteration):
+            return None
+        who = f"{record.decision} by {record.approver or 'someone'}" + (f" at {record.ts}" if record.ts else "")
+        if record.decision == decision:
+            return LongrunError(f"step {step!r} was already {who}; nothing recorded", code="approval_already_decided")
+        return LongrunError(f"step {step!r} was already {who}; a second, different decision is refused", code="approval_conflict")
+
+    return check

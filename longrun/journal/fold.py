@@ -94,7 +94,7 @@ class _Fold:
     # -- handlers, one per event type ---------------------------------------------
 
     def _on_job_registered(self, p: Any, ts: datetime) -> None:
-        self.v.update(job_id=p.job_id, name=p.name)
+        self.v.update(job_id=p.job_id, name=p.name, job=p.job or p.job_id, run_key=p.run_key)
 
     def _on_run_started(self, p: Any, ts: datetime) -> None:
         v = self.v

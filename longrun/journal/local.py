@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from longrun import atomicio
-from longrun.errors import EventVersionUnsupported, JournalCorrupt
+from longrun.errors import EventVersionUnsupported, JournalCorrupt, LongrunError
 from longrun.journal.events import Event, build_event, parse_event
 from longrun.journal.fold import replay
 from longrun.journal.payloads import Payload
@@ -72,8 +72,13 @@ class Journal:
         *,
         job_id: str,
         ts: datetime | None = None,
+        unless: Callable[[RunState], LongrunError | None] | None = None,
     ) -> Event:
         """Append one event with the next seq and return it.
+
+        ``unless`` makes the append conditional: it is called, under the
+        journal's lock, with the state of every event before this one; an
+        error it returns refuses the append and is raised.
 
         Raises ``ValueError``/``TypeError`` for an invalid event (nothing is
         written), :class:`JournalCorrupt` when the last complete line cannot be
@@ -90,6 +95,9 @@ class Journal:
             last = self._last_event(fd, end)
             if last is not None and last.job_id != job_id:
                 raise ValueError(f"{self.path} belongs to job {last.job_id}, not {job_id}")
+            if unless is not None and (refusal := unless(replay(Journal(self.path).read()))) is not None:
+                # A compare-and-set: the check sees every event appended before ours, under the lock.
+                raise refusal
             event = build_event(
                 type,
                 payload,

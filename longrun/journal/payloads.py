@@ -91,11 +91,21 @@ class Usage(Payload):
 
 
 class JobRegistered(Payload):
+    """The first event of a run's journal. ``job_id`` is the run's id; ``job`` the job it is a run of."""
+
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     name: str
     spec_sha256: str
     source: str | None = None
     root: str
+    job: str | None = Field(
+        None, pattern=JOB_ID_PATTERN, description="The job this run belongs to (absent: the job's own journal)."
+    )
+    run_key: str | None = Field(None, description="The intended run: a cron tick's time, an idempotency key, or manual:<id>.")
+    trigger: str | None = Field(None, description="What opened the run: schedule, key, flow-run or manual.")
+    scheduled_for: str | None = Field(None, description="A cron tick's scheduled time (ISO 8601, UTC).")
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"job", "run_key", "trigger", "scheduled_for"})
 
 
 class RunStarted(Payload):
@@ -182,7 +192,7 @@ class RunFailed(Payload):
 
 # -- governance: budget (E4), gate-failure policy (E6), approvals (G3) ----------
 
-BudgetReason = Literal["total_usd", "usd", "tokens", "input_tokens", "output_tokens", "per_hour_usd"]
+BudgetReason = Literal["total_usd", "usd", "tokens", "input_tokens", "output_tokens", "per_hour_usd", "job_total_usd"]
 
 
 class StoppedBudget(Payload):

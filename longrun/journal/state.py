@@ -100,6 +100,10 @@ class RunState:
     """Everything the journal says about one job. Build it with :func:`replay`."""
 
     job_id: str | None = None
+    #: The job this run belongs to (its own id for a journal from before runs).
+    job: str | None = None
+    #: The intended run this journal records (None before runs).
+    run_key: str | None = None
     name: str | None = None
     status: str = Status.PENDING
     stop_reason: str | None = None

@@ -77,17 +77,22 @@ class FailurePolicy(_Model):
 
 class Budgets(_Model):
     per_hour_usd: float | None = Field(None, ge=0, description="USD over a sliding 60-minute window.")
-    total_usd: float | None = Field(None, ge=0, description="USD over the whole job.")
+    total_usd: float | None = Field(None, ge=0, description="USD over one run of the job.")
     usd: float | None = Field(
         None,
         ge=0,
-        description="USD over the whole job, reported or computed from model prices (the normalized budget); "
+        description="USD over one run of the job, reported or computed from model prices (the normalized budget); "
         "the same cap as total_usd, so set one of them.",
     )
-    tokens: int | None = Field(None, ge=0, description="Tokens over the whole job.")
-    input_tokens: int | None = Field(None, ge=0, description="Input (prompt) tokens over the whole job, cache reads included.")
-    output_tokens: int | None = Field(None, ge=0, description="Output tokens over the whole job, reasoning included.")
+    tokens: int | None = Field(None, ge=0, description="Tokens over one run of the job.")
+    input_tokens: int | None = Field(
+        None, ge=0, description="Input (prompt) tokens over one run of the job, cache reads and writes included."
+    )
+    output_tokens: int | None = Field(None, ge=0, description="Output tokens over one run of the job, reasoning included.")
     on_hourly_limit: Literal["stop", "wait"] = "stop"
+    job_total_usd: float | None = Field(
+        None, ge=0, description="USD over every run of the job together (each scheduled or keyed run adds to it)."
+    )
 
     @model_validator(mode="after")
     def _one_usd_cap(self) -> Budgets:

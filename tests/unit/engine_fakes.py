@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,9 @@ class World:
     progress: FakeProgress = field(default_factory=FakeProgress)
     executor: FakeExecutor | None = None
     run_ids: int = 0
+    #: USD the job's other runs spent (``choose_run``'s ``prior_usd``).
+    prior_usd: float = 0.0
+    prior_stage_spend: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     @property
     def journal(self) -> Journal:
@@ -266,7 +269,19 @@ class World:
             progress=self.progress,
             clock=self.clock,
         )
-        return Session(rt, ports)
+        return Session(rt, ports, prior_usd=self.prior_usd, prior_stage_spend=self.prior_stage_spend)
+
+    def run_of(self, choice: Any) -> World:
+        """The same job and scripts, on another of its runs (a ``RunChoice``)."""
+        rt = replace(self.rt, loaded=replace(self.rt.loaded, job_id=choice.record.job_id))
+        return World(
+            root=self.root,
+            rt=rt,
+            stages=self.stages,
+            gates=self.gates,
+            prior_usd=choice.prior_usd,
+            prior_stage_spend=choice.prior_stage_spend,
+        )
 
     def run(self, **kwargs: Any) -> dict[str, Any]:
         """Run the job; a LongrunError comes back as the outcome plus its ``code``."""
