@@ -9,12 +9,12 @@ and a substituted value is never scanned again.
 
 from __future__ import annotations
 
-import json
 import re
 
 from longrun.errors import LongrunError
-from longrun.execution.checkpointing import JobRecords
 from longrun.execution.runtime import JobRuntime
+from longrun.journal.local import Journal
+from longrun.journal.payloads import GateEvaluated
 from longrun.storage.paths import safe_join
 
 __all__ = ["PLACEHOLDERS", "previous_failures", "render_prompt", "stage_prompt"]
@@ -32,26 +32,32 @@ def render_prompt(template: str, values: dict[str, str]) -> str:
 
 
 def previous_failures(rt: JobRuntime, iteration: int) -> str:
-    """What failed in the previous iteration: its failing required gates and failing tests ("none" if nothing)."""
+    """What failed in the previous iteration: its failing gates and their failing tests ("none" if nothing).
+
+    Read from the journal's ``gate_evaluated`` events (the last evaluation of
+    each gate counts), which every executor writes, passed or not.
+    """
     if iteration <= 1:
         return "none (first iteration)"
     prev = iteration - 1
-    records = JobRecords(rt.paths)
+    failed: dict[str, tuple[str, bool, list[str]]] = {}
+    if rt.paths.events_file.exists():
+        for event in Journal(rt.paths.events_file).read():
+            p = event.payload
+            if not isinstance(p, GateEvaluated) or p.iteration != prev:
+                continue
+            if p.passed:
+                failed.pop(p.gate, None)
+            else:
+                listed = p.evidence.get("failing")
+                tests = [str(t) for t in listed] if isinstance(listed, (list, tuple)) else []
+                failed[p.gate] = (p.kind, p.required, tests)
     lines: list[str] = []
-    for gate in rt.plan.gates:
-        record = records.load(f"{prev}/gates/{gate.id}.json")
-        if record is not None and getattr(record, "passed", True) is False:
-            lines.append(f"- gate {gate.id} ({gate.kind}) failed")
-    report = rt.paths.iteration_dir(prev) / "test-report.json"
-    if report.is_file():
-        try:
-            failing = json.loads(report.read_text(encoding="utf-8")).get("failing") or []
-        except (ValueError, OSError):
-            failing = []
-        for name in failing[:_MAX_LISTED]:
-            lines.append(f"- test {name} failed")
-        if len(failing) > _MAX_LISTED:
-            lines.append(f"- … and {len(failing) - _MAX_LISTED} more failing tests")
+    for gate, (kind, required, tests) in failed.items():
+        lines.append(f"- gate {gate} ({kind}) failed" + ("" if required else " (optional)"))
+        lines.extend(f"  - test {name} failed" for name in tests[:_MAX_LISTED])
+        if len(tests) > _MAX_LISTED:
+            lines.append(f"  - … and {len(tests) - _MAX_LISTED} more failing tests")
     return "\n".join(lines) if lines else "none"
 
 
