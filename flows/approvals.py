@@ -71,5 +71,21 @@ class PrefectApprover:
                     key=request.key,
                 )
         except FlowPauseTimeout:
+            self._running_again()
             return None
         return Answer(decision=answer.decision, approver=answer.approver, comment=answer.comment)
+
+    def _running_again(self) -> None:
+        """After a pause timed out the flow run is still PAUSED (or FAILED by the server); the flow goes on.
+
+        Forced back to RUNNING, so the state the flow ends in (``AwaitingApproval``, or a
+        decision journaled meanwhile) is the one the UI shows.
+        """
+        from prefect.client.orchestration import get_client
+        from prefect.states import Running
+
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(self.flow_run_id, Running(), force=True)  # type: ignore[arg-type]
+        except Exception:  # the journal holds the truth; a state Prefect keeps is only the UI's view
+            pass

@@ -94,6 +94,9 @@ def _step(record, state, given: str | None) -> str:
     """The step to decide: as given, or the stage id an approval guards (``plan`` for ``before-plan``),
     or without ``--step`` the one approval the run waits for."""
     if given is None:
+        last = state.last_approval_request
+        if state.pending_approval is None and last is not None and last.step in state.approvals:
+            return str(last.step)  # decided meanwhile (a racing approver): the compare-and-set says by whom
         if state.pending_approval is None:
             raise LongrunError(
                 f"{record.name} ({record.run_ref}) is not waiting for an approval; name the step with --step",

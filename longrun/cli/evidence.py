@@ -150,6 +150,16 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
             report = _verify_s3(target, Path(tmp), args.endpoint_url)
             return _report(report, out, label=target)
     path = Path(target)
+    if path.is_file() and _is_gzip(path):
+        # A bundle given where its manifest is expected: verify it against the manifest beside it.
+        manifest = path.with_name(path.name.removesuffix(".gz").removesuffix(".tar") + ".manifest.json")
+        if not manifest.is_file():
+            raise EvidenceMissing(
+                f"{path} is a bundle; verify takes its manifest (no {manifest.name} beside it): "
+                f"longrun verify MANIFEST --bundle {path}"
+            )
+        report = verify(manifest, path, job_files_root=job_root(args) if args.disk else None)
+        return _report(report, out, label=str(path))
     if path.is_file() or target.endswith(".json"):
         if not path.is_file():
             raise EvidenceMissing(f"no manifest at {path}")
@@ -167,6 +177,11 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
         raise EvidenceMissing(f"job {record.job_id} has no evidence bundle yet; build it with: longrun evidence {record.job_id}")
     report = verify(manifest_path, bundle or tar_path, job_files_root=root)
     return _report(report, out, label=f"{record.name} ({record.job_id})")
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
 
 
 def _verify_strict(root: Path, record: Any, out: Out) -> int:

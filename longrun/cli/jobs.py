@@ -121,6 +121,16 @@ def _plan_text(doc: dict[str, Any]) -> str:
         f"stop: max_iterations={sc['max_iterations']} max_wall_time={sc['max_wall_time']} "
         f"no_progress_iterations={sc['no_progress_iterations']} stop_file={sc['stop_file']}"
     )
+    for a in doc["approvals"]:
+        where = (
+            f"before stage {a['before']}"
+            if a.get("before")
+            else ("after the gates" if a.get("after") else f"on escalation of {a.get('escalate')}")
+        )
+        step = a.get("step") or (
+            f"before-{a['before']}" if a.get("before") else "after-gates" if a.get("after") else f"escalate:{a.get('escalate')}"
+        )
+        lines.append(f"approval: {step:<16} {where}, timeout {a['timeout']:g}s, {a.get('mode', 'pause')}")
     if doc["schedule"]:
         lines.append(f"schedule: {doc['schedule']['cron']} ({doc['schedule']['timezone']})")
     lines.append("")
@@ -299,6 +309,12 @@ def cmd_runs(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def _same_host(started) -> bool:
+    import socket
+
+    return started.host == socket.gethostname()
+
+
 def _event_line(event) -> str:
     payload = event.payload.model_dump(mode="json")
     brief = " ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}" for k, v in payload.items())
@@ -334,10 +350,18 @@ def cmd_tail(args: argparse.Namespace, out: Out) -> int:
     def finished() -> bool:
         if args.forever:
             return False
+        engine = live_local_pid(state.last_run)
         if state.status in ("WAITING_APPROVAL", "APPROVED"):
             # A run paused in place (pause_flow_run) is still alive and goes on after the decision.
-            return live_local_pid(state.last_run) is None
-        return state.is_terminal
+            return engine is None
+        if not state.is_terminal:
+            return False
+        # The run ended; its engine still builds (and uploads) the evidence: follow until it exits,
+        # or, for an engine on another host, until the bundle is journaled.
+        if engine is not None:
+            return False
+        remote = state.last_run is not None and (state.last_run.pid is None or not _same_host(state.last_run))
+        return not (remote and state.evidence_behind)
 
     try:
         for event in journal.follow(after_seq=last, stop=finished):

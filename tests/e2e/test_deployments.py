@@ -34,6 +34,7 @@ from longrun.flows.deploy import (
 )
 from longrun.flows.deploy_runner import next_run_times
 from longrun.journal.local import Journal
+from longrun.journal.runs import list_runs, run_id_for
 from longrun.spec import load_spec
 from longrun.spec.loader import spec_document
 from longrun.storage.paths import JobPaths
@@ -88,6 +89,11 @@ def _runs_of(client, deployment_id) -> list:
         limit=200,
         offset=0,
     )
+
+
+def _run_journal(root: Path, job_id: str, key: str) -> Journal:
+    """The journal of the run of ``job_id`` that intended run ``key`` names."""
+    return Journal(JobPaths(root, run_id_for(job_id, key)).events_file)
 
 
 def _wait_final(flow_run_id, timeout: float, log: Path | None = None):
@@ -309,7 +315,7 @@ def test_deploy_to_a_process_pool_and_a_real_worker_runs_it(worker, prefect_serv
         assert client.read_flow(final.flow_id).name == "deploy-worker"
 
     # The journal under the deployment's root replays to COMPLETED.
-    state = Journal(JobPaths(root, job_id).events_file).state()
+    state = _run_journal(root, job_id, "worker-test").state()  # the trigger's key names the run
     assert state.status == "COMPLETED" and state.iterations_finished == 3
     assert str(fr.id) in state.runs
     assert (root / ".maestro/workspaces/hello-loop/hello.txt").read_text().count("hello from iteration") == 3
@@ -368,7 +374,7 @@ def test_prefect_deploy_all_accepts_prefect_yaml_and_the_worker_runs_it(worker, 
     final = _wait_final(run["flow_run_id"], 180, worker["log"])
     assert final.state.is_completed(), (final.state, worker["log"].read_text()[-4000:])
     assert final.name == f"fix-failing-test-{loaded.job_id}"
-    state = Journal(JobPaths(root, loaded.job_id).events_file).state()
+    state = _run_journal(root, loaded.job_id, "prefect-yaml-test").state()
     assert state.status == "COMPLETED" and state.iterations_finished == 2
     assert repo_job.exists() == existed  # nothing written into the repository
 
@@ -564,7 +570,7 @@ def test_deploy_serve_runs_triggers_and_stops_on_ctrl_c(prefect_server, tmp_path
         fr = run_deployment(doc["name"], timeout=0, idempotency_key=intended_run_key(doc["job_id"], explicit_key="served"))
         final = _wait_final(fr.id, 120)
         assert final.state.is_completed(), final.state
-        assert Journal(JobPaths(root, doc["job_id"]).events_file).state().status == "COMPLETED"
+        assert _run_journal(root, doc["job_id"], "served").state().status == "COMPLETED"
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=60) == 0
         err = proc.stderr.read()
@@ -633,8 +639,8 @@ def test_suspend_mode_frees_the_worker_and_resumes_from_persisted_results(worker
     root = tmp_path / "root"
     doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
     job_id = doc["job_id"]
-    journal = Journal(JobPaths(root, job_id).events_file)
     fr = run_deployment(doc["name"], timeout=0)
+    journal = _run_journal(root, job_id, f"flow-run:{fr.id}")  # a deployment run without a key is its own run
 
     # The run suspends before 'second': its process exits (Prefect shows it Suspended/Paused).
     state = _wait_waiting(fr.id, journal, worker["log"])
@@ -688,8 +694,8 @@ def test_an_escalation_in_suspend_mode_frees_the_worker_and_goes_on_after_approv
     root = tmp_path / "root"
     doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
     job_id = doc["job_id"]
-    journal = Journal(JobPaths(root, job_id).events_file)
     fr = run_deployment(doc["name"], timeout=0)
+    journal = _run_journal(root, job_id, f"flow-run:{fr.id}")  # a deployment run without a key is its own run
 
     state = _wait_waiting(fr.id, journal, worker["log"])
     assert state.name == "Suspended"  # the entry's mode: the worker's process is gone
@@ -708,3 +714,131 @@ def test_an_escalation_in_suspend_mode_frees_the_worker_and_goes_on_after_approv
     st = journal.state()
     assert (st.status, st.iterations_finished) == ("COMPLETED", 2)
     assert counter.read_text() == "work 1\nwork 2\n"  # iteration 1's stage came back from its persisted result
+
+
+# ---------------------------------------------------------------- runs per intended run
+
+
+def test_each_keyed_trigger_is_its_own_run_and_a_repeated_key_is_not(worker, prefect_server, tmp_path):
+    """A job is a definition: every intended run does the work again, with its own counters; a key runs once."""
+    from prefect.deployments import run_deployment
+
+    env = _env(prefect_server)
+    spec = _spec(tmp_path, "deploy-runs")
+    root = tmp_path / "root"
+    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    job_id = doc["job_id"]
+    finals = {}
+    for key in ("night-1", "night-2"):
+        fr = run_deployment(doc["name"], timeout=0, idempotency_key=intended_run_key(job_id, explicit_key=key))
+        finals[key] = _wait_final(fr.id, 180, worker["log"])
+        assert (finals[key].state.type.value, finals[key].state.name) == ("COMPLETED", "Completed"), finals[key].state
+    for key in ("night-1", "night-2"):
+        state = _run_journal(root, job_id, key).state()
+        # Each run did the job's stages itself: 3 iterations each, not "nothing to do" for the second.
+        assert (state.status, state.iterations_finished, state.run_key) == ("COMPLETED", 3, key)
+        assert [e.type for e in _run_journal(root, job_id, key).read()].count("stage_finished") == 3
+    # The same intended run again, as a new flow run that only names the key: no new run, no work.
+    again = run_deployment(doc["name"], timeout=0, parameters={"run_key": "night-1"})
+    assert again.id != finals["night-1"].id
+    final = _wait_final(again.id, 180, worker["log"])
+    assert final.state.is_completed() and final.state.message.startswith("COMPLETED"), final.state
+    assert [c.key for c in list_runs(root, job_id)] == ["night-1", "night-2"]
+    assert [e.type for e in _run_journal(root, job_id, "night-1").read()].count("stage_finished") == 3
+    runs = longrun_cli("runs", job_id, "--root", str(root), "--json", cwd=tmp_path, env=env)
+    assert [r["key"] for r in json.loads(runs.stdout)["runs"]] == ["night-1", "night-2"]
+
+
+PAUSING_SPEC = """
+name: {name}
+goal: wait for a human, while the next tick comes
+workspace: {{path: ws, template: template}}
+allowed_tools: [python]
+model_policy: {{default: m}}
+approvals:
+  - {{before: work, timeout: 600, poll_interval: 1}}
+stages:
+  - {{id: work, run: [python, -c, "open('ran.txt', 'a').write('x')"]}}
+quality_gates:
+  required:
+    - {{id: made, kind: artifact_exists, path: ran.txt}}
+"""
+
+
+def test_a_paused_run_keeps_the_next_tick_from_running_beside_it(worker, prefect_server, tmp_path):
+    from conftest import write_job
+    from prefect.deployments import run_deployment
+
+    env = _env(prefect_server)
+    spec = write_job(tmp_path, PAUSING_SPEC.format(name="deploy-paused"))
+    root = tmp_path / "root"
+    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    job_id = doc["job_id"]
+    first = run_deployment(doc["name"], timeout=0, idempotency_key=intended_run_key(job_id, "2030-01-01T02:00:00Z"))
+    journal = _run_journal(root, job_id, "at:2030-01-01T02:00:00Z")  # the time of a tick names its run
+    _wait_waiting(first.id, journal, worker["log"])
+    second = run_deployment(doc["name"], timeout=0, idempotency_key=intended_run_key(job_id, "2030-01-02T02:00:00Z"))
+    other = _run_journal(root, job_id, "at:2030-01-02T02:00:00Z")
+    # While the first run waits for a human, the second never works: it is refused (Cancelled, Blocked),
+    # or Prefect holds it for the concurrency slot.
+    deadline = time.monotonic() + 45
+    with _client() as client:
+        while time.monotonic() < deadline:
+            st = client.read_flow_run(second.id).state
+            assert not (other.path.exists() and "stage_started" in [e.type for e in other.read()]), "ran beside a paused run"
+            if st.is_final():
+                break
+            time.sleep(1)
+    blocked = st.is_final()
+    if blocked:
+        assert (st.type.value, st.name) == ("CANCELLED", "Blocked"), st
+        assert "job_already_running" in st.message and "waiting for approval" in st.message
+        assert not other.path.exists()  # nothing claimed: the tick can be run again later
+    r = longrun_cli(
+        "approve", f"{job_id}@at:2030-01-01T02:00:00Z", "--approver", "ops", "--root", str(root), cwd=tmp_path, env=env
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _wait_final(first.id, 180, worker["log"]).state.is_completed()
+    if not blocked:
+        assert _wait_final(second.id, 240, worker["log"]).state.is_completed()
+        done = [e.ts for e in journal.read() if e.type == "run_completed"][0]
+        assert min(e.ts for e in other.read() if e.type == "run_started") > done
+
+
+def test_deploy_serve_stopped_right_after_it_starts_pauses_its_schedule(prefect_server, tmp_path):
+    env = _env(prefect_server)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        name = f"serve-stop-{sig.name.lower()}"
+        spec = _spec(tmp_path, name, ("0 3 * * *", "Europe/Berlin"))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "longrun.cli.main",
+                "deploy",
+                str(spec),
+                "--serve",
+                "--root",
+                str(tmp_path / "root"),
+                "--json",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            doc = json.loads(proc.stdout.readline())  # deployed: its schedule is active from here
+            proc.send_signal(sig)
+            assert proc.wait(timeout=60) == 0
+            err = proc.stderr.read()
+            assert f"stopped serving {name}/{name} on {sig.name}" in err and "schedule is paused" in err, err
+            assert "Traceback" not in err and "never awaited" not in err, err
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        with _client() as client:
+            assert client.read_deployment(doc["deployment_id"]).paused, sig
