@@ -23,7 +23,9 @@ CLI prints them as the first word of an error and under ``error.code`` in
         └── EvidenceTransientError  evidence_upload_failed (retryable: 5xx, throttling, timeouts)
 
 Raised as plain ``LongrunError(code=...)`` where no handler needs a subclass:
-``usage_invalid``, ``junit_missing``, ``junit_invalid``, ``git_failed``,
+``usage_invalid``, ``usage_missing`` (a stage with ``usage.required`` printed no
+usage), ``usage_unpriced`` (a token-only tool used a model with no price),
+``prompt_missing``, ``prompt_invalid`` (an agent's ``prompt_file``), ``junit_missing``, ``junit_invalid``, ``git_failed``,
 ``workspace_exists``, ``workspace_missing``, ``template_not_found``,
 ``run_crashed``, ``prefect_unavailable`` (no Prefect server could be reached or
 started; nothing ran), ``checkpoint_missing`` (the journal names a record the
@@ -199,6 +201,10 @@ EXIT_CODES: dict[str, int | None] = {
     "journal_corrupt": _FAIL,
     "event_version_unsupported": _FAIL,
     "usage_invalid": _FAIL,
+    "usage_missing": _FAIL,
+    "usage_unpriced": _FAIL,
+    "prompt_missing": _FAIL,
+    "prompt_invalid": _FAIL,
     "git_failed": _FAIL,
     "run_crashed": _FAIL,
     "prefect_api_error": _FAIL,

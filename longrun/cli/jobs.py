@@ -56,10 +56,14 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
 
 def plan_document(loaded) -> dict[str, Any]:
     """What a job would run, without running anything (advisory mode, ``longrun plan``)."""
+    from longrun.execution.pricing import shipped_prices
+    from longrun.spec.agents import describe
     from longrun.spec.compile import compile_spec
 
     spec = loaded.spec
     doc = compile_spec(spec).to_dict()
+    for stage in doc["stages"]:
+        stage["preset"] = describe(spec.stage(stage["id"]))
     doc.update(
         {
             "job_id": loaded.job_id,
@@ -71,6 +75,8 @@ def plan_document(loaded) -> dict[str, Any]:
             "allowed_tools": list(spec.allowed_tools),
             "models": {phase: spec.select_model_for_phase(phase) for phase in ("search", "plan", "execute", "debug", "verify")},
             "budgets": spec.budgets.model_dump(),
+            "model_prices": {k: v.model_dump() for k, v in spec.model_prices.items()},
+            "prices_version": shipped_prices()[0],
             "stop_conditions": spec.stop_conditions.model_dump(),
             "approvals": [a.model_dump(exclude_none=True) for a in spec.approvals],
             "schedule": spec.schedule.model_dump() if spec.schedule else None,
@@ -92,14 +98,24 @@ def _plan_text(doc: dict[str, Any]) -> str:
             f"  {s['id']:<12} phase={s['phase'] or '-':<8} model={s['model']:<16} timeout={s['timeout']:g}s retries={s['max_retries']}{after}"
         )
         lines.append(f"  {'':<12} $ {' '.join(s['argv'])}")
+        if (p := s.get("preset")) is not None:
+            how = "argv overridden by run" if p["argv_overridden"] else "argv from the preset"
+            lines.append(f"  {'':<12} agent={p['agent']} ({how}) allowed tool={p['allowed_tool']} prompt={p['prompt_file']}")
+            lines.append(f"  {'':<12} env passed through: {', '.join(p['env_names'])}")
+        if s.get("usage_format"):
+            lines.append(f"  {'':<12} usage read as {s['usage_format']}")
     lines.append("gates:")
     for g in doc["gates"]:
         lines.append(f"  {g['id']:<12} {g['kind']:<16} {'required' if g['required'] else 'optional'}")
     lines.append("models: " + ", ".join(f"{k}={v}" for k, v in doc["models"].items()))
     b = doc["budgets"]
     lines.append(
-        f"budgets: total_usd={b['total_usd']} per_hour_usd={b['per_hour_usd']} tokens={b['tokens']} on_hourly_limit={b['on_hourly_limit']}"
+        f"budgets: total_usd={b['total_usd']} usd={b['usd']} per_hour_usd={b['per_hour_usd']} tokens={b['tokens']} "
+        f"input_tokens={b['input_tokens']} output_tokens={b['output_tokens']} on_hourly_limit={b['on_hourly_limit']}"
     )
+    if any(s.get("usage_format") for s in doc["stages"]):
+        own = ", ".join(doc["model_prices"]) or "none"
+        lines.append(f"prices: table {doc['prices_version']} (USD per million tokens); model_prices in the spec: {own}")
     sc = doc["stop_conditions"]
     lines.append(
         f"stop: max_iterations={sc['max_iterations']} max_wall_time={sc['max_wall_time']} "

@@ -90,7 +90,7 @@ def _stage(
     if s.state.stage_done(iteration, stage.id):
         s.say(f"  {stage.id:<12} done (from the journal, not rerun)")
         return _finished_stage(e, stage, iteration)
-    if not e.budget_allows(e.expected(stage.id), f"stage {stage.id}"):
+    if not e.budget_allows(e.expected(stage.id), f"stage {stage.id}", e.expected_io(stage.id)):
         return None
     for a in rt.spec.approvals:
         if a.before == stage.id and (a.when == "every_iteration" or iteration == 1):
@@ -99,6 +99,8 @@ def _stage(
                 return None
     failed = [d for d in stage.depends_on if not done[d].ok]
     result = skipped_stage(rt.job_id, stage, iteration, failed) if failed else _attempts(e, stage, iteration)
+    if result is None:
+        return None  # stopped while waiting out a rate limit, or the budget refused the next attempt
     outside: list[str] = []
     if e.scoped and start_tree:
         ws = s.ports.workspace
@@ -109,8 +111,13 @@ def _stage(
     return result
 
 
-def _attempts(e: Engine, stage: PlannedStage, iteration: int) -> StageResult:
-    """Attempts of ``stage`` until one does not call for a retry (SPEC E3); each is journaled."""
+def _attempts(e: Engine, stage: PlannedStage, iteration: int) -> StageResult | None:
+    """Attempts of ``stage`` until one does not call for a retry (SPEC E3); each is journaled.
+
+    A rate-limited attempt is journaled (``rate_limited``), waited out and run
+    again after a fresh budget check; it uses up no retry. None when the run
+    stopped during that wait or the budget refused the next attempt.
+    """
     s = e.s
     attempt = s.state.attempts(iteration, stage.id)
     result: StageResult | None = None
@@ -127,7 +134,16 @@ def _attempts(e: Engine, stage: PlannedStage, iteration: int) -> StageResult:
                 {"iteration": iteration, "stage": stage.id, "attempt": attempt, "phase": stage.phase, "model": stage.model},
             )
             result = s.ports.executor.run_stage(s.rt, stage, iteration, attempt)
-        if should_retry(stage, result) and attempt <= stage.retry.max_retries:
+        if result.rate_limit is not None:
+            if not e.rate_limit_wait(result):
+                return None
+            # The limited attempt spent something too: check the budget again before the next one.
+            if not e.budget_allows(e.expected(stage.id), f"stage {stage.id} (after a rate limit)", e.expected_io(stage.id)):
+                return None
+            result = None
+            continue
+        limited = len(s.state.rate_limited_attempts.get((iteration, stage.id), ()))
+        if should_retry(stage, result) and attempt - limited <= stage.retry.max_retries:
             what = "timed out" if result.timed_out else f"exited {result.exit_code}"
             s.say(f"  {stage.id:<12} attempt {attempt} {what}; retrying")
             if stage.retry.delay_seconds:

@@ -11,6 +11,7 @@ contract check). Everything here talks to the world through
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,21 @@ from longrun.engine import conclude as conclusion
 from longrun.engine.approvals import suspended_here
 from longrun.engine.finish import finish
 from longrun.engine.iteration import run_iteration
-from longrun.engine.report import human
+from longrun.engine.report import human, usage_payload
 from longrun.engine.runs import alive
 from longrun.engine.session import Session
 from longrun.errors import LongrunError
-from longrun.governance.budget import BudgetGovernor, expected_stage_spend
+from longrun.execution.checkpoint import StageResult
+from longrun.governance.budget import BudgetGovernor, expected_stage_io, expected_stage_spend
 from longrun.governance.policy import blocking_approval
 from longrun.governance.stop import StopCondition, StopInput, policy_from_spec
 from longrun.spec.compile import ExecutionPlan
 from longrun.workspace import worktree
+
+#: How long to wait after a rate limit whose reset time the tool did not say.
+RATE_LIMIT_DEFAULT_WAIT = timedelta(minutes=5)
+#: The shortest wait after a rate limit (a reset already past must not spin the stage).
+RATE_LIMIT_MIN_WAIT = timedelta(seconds=1)
 
 
 @dataclass
@@ -59,13 +66,23 @@ class Engine:
         self.s.say(f"stopped: {decision.reason} ({human(decision.detail)})")
         return True
 
-    def budget_allows(self, expected: tuple[float, int], what: str) -> bool:
-        """Budgets before work (E4): go on, stop, or wait for the hourly window."""
+    def budget_allows(self, expected: tuple[float, int], what: str, io: tuple[int, int] = (0, 0)) -> bool:
+        """Budgets before work (E4): go on, stop, or wait for the hourly window.
+
+        ``expected`` is the (usd, tokens) and ``io`` the (input, output) tokens the work is expected to spend.
+        """
         s = self.s
         while True:
             lineage = s.lineage() if (s.lineage is not None and s.state.children) else (0.0, 0)
             d = self.governor.check(
-                s.state, s.now(), *expected, lineage_usd=lineage[0], lineage_tokens=lineage[1], job_prior_usd=s.prior_usd
+                s.state,
+                s.now(),
+                *expected,
+                lineage_usd=lineage[0],
+                lineage_tokens=lineage[1],
+                job_prior_usd=s.prior_usd,
+                expected_input_tokens=io[0],
+                expected_output_tokens=io[1],
             )
             if d is None:
                 return True
@@ -88,6 +105,45 @@ class Engine:
         own = expected_stage_spend(self.s.state, stage_id)
         prior = self.s.prior_stage_spend.get(stage_id, (0.0, 0))
         return (max(own[0], prior[0]), max(own[1], prior[1]))
+
+    def expected_io(self, stage_id: str | None) -> tuple[int, int]:
+        return expected_stage_io(self.s.state, stage_id) if stage_id else (0, 0)
+
+    def rate_limit_wait(self, result: StageResult) -> bool:
+        """A rate-limited attempt: journal ``rate_limited`` (once) and wait until the reset.
+
+        The wait counts no iteration and no stage retry; it is interruptible by
+        the stop conditions (stop file, ``longrun stop``, ``max_wall_time``),
+        checked every second. False when the run stopped while waiting.
+        """
+        s, rl = self.s, result.rate_limit
+        if rl is None:
+            return True
+        seen = s.state.rate_limited_attempts.get((result.iteration, result.stage), ())
+        if seen and seen[-1].attempt == result.attempts:
+            until = seen[-1].until  # journaled before an interruption: wait for what was journaled
+        else:
+            now = s.now()
+            until = max(rl.resets_at or now + RATE_LIMIT_DEFAULT_WAIT, now + RATE_LIMIT_MIN_WAIT)
+            s.emit(
+                "rate_limited",
+                {
+                    "iteration": result.iteration,
+                    "stage": result.stage,
+                    "attempt": result.attempts,
+                    "until": until,
+                    "resets_at_reported": rl.resets_at is not None,
+                    "kind": rl.kind,
+                    "message": rl.message,
+                    "usage": usage_payload(result.usage),
+                },
+            )
+            s.say(f"  {result.stage:<12} rate limited ({rl.kind or rl.message}); waiting until {until.isoformat()}")
+        while (left := (until - s.now()).total_seconds()) > 0:
+            if self.stop_now():
+                return False
+            s.ports.clock.sleep(min(1.0, left))
+        return True
 
 
 def run_job(s: Session, *, source: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -162,7 +218,7 @@ def _loop(e: Engine) -> None:
         if s.state.open_iteration is None:
             iteration = s.state.iteration + 1
             first = e.plan.stages[0].id if e.plan.stages else None
-            if not e.budget_allows(e.expected(first), f"iteration {iteration}"):
+            if not e.budget_allows(e.expected(first), f"iteration {iteration}", e.expected_io(first)):
                 return
             s.emit("iteration_started", {"iteration": iteration, "start_tree": s.ports.workspace.snapshot(s.rt.workspace)})
             s.say(f"iteration {iteration}")

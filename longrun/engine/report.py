@@ -10,6 +10,12 @@ from longrun.journal.payloads import StageFinished
 from longrun.spec.compile import PlannedStage
 
 
+def usage_payload(usage: UsageRecord) -> dict[str, Any]:
+    """A stage's usage as journaled: the agent-format fields only when set."""
+    doc = usage.model_dump()
+    return {k: v for k, v in doc.items() if v is not None or k in ("usd", "tokens", "model")}
+
+
 def stage_payload(result: StageResult, out_of_scope: list[str] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "iteration": result.iteration,
@@ -20,7 +26,7 @@ def stage_payload(result: StageResult, out_of_scope: list[str] | None = None) ->
         "phase": result.phase,
         "model": result.model,
         "attempts": result.attempts,
-        "usage": result.usage.model_dump(),
+        "usage": usage_payload(result.usage),
         "error": result.error,
     }
     if out_of_scope:
@@ -58,7 +64,7 @@ def stage_from_journal(job_id: str, argv: list[str], finished: StageFinished) ->
         timed_out=finished.timed_out,
         duration_s=finished.duration_s,
         attempts=finished.attempts,
-        usage=UsageRecord(usd=finished.usage.usd, tokens=finished.usage.tokens, model=finished.usage.model),
+        usage=UsageRecord.model_validate({k: v for k, v in finished.usage.model_dump().items() if k in UsageRecord.model_fields}),
         error=finished.error,
     )
 
@@ -69,8 +75,17 @@ def stage_line(result: StageResult) -> str:
     status = "ok" if result.ok else ("timeout" if result.timed_out else f"exit {result.exit_code}")
     return (
         f"  {result.stage:<12} {status:<8} {result.duration_s:6.2f}s  model={result.model}  "
-        f"${result.usage.usd:.4f} {result.usage.tokens} tok"
+        f"${result.usage.usd:.4f} {result.usage.tokens} tok" + _usage_detail(result.usage)
     )
+
+
+def _usage_detail(u: UsageRecord) -> str:
+    if u.usd_source is None:
+        return ""
+    if u.usd_source == "none":
+        return f"  (no usage in the {u.format} output)"
+    priced = f", priced by table {u.prices_version}" if u.usd_source == "computed" else ""
+    return f"  (in {u.input_tokens} out {u.output_tokens} cache-read {u.cache_read_tokens}, usd {u.usd_source}{priced})"
 
 
 def gate_payload(g: GateResult) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +39,28 @@ class _Record(BaseModel):
 
 
 class UsageRecord(_Record):
+    """One stage run's spend. The optional fields come from an agent usage format (docs/agents.md)."""
+
     usd: float = 0.0
     tokens: int = 0
     model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    #: reported: the tool said the USD; computed: from the price table; none: the format found no usage.
+    usd_source: Literal["reported", "computed", "none"] | None = None
+    #: The price table version (or "spec") that priced a computed USD.
+    prices_version: str | None = None
+    format: str | None = None
+
+
+class RateLimitRecord(_Record):
+    """A rate limit the stage's output reported: the stage ends ``rate_limited`` and the loop waits."""
+
+    resets_at: datetime | None = None
+    kind: str | None = None
+    message: str = ""
 
 
 class StageResult(_Record):
@@ -57,6 +77,7 @@ class StageResult(_Record):
     attempts: int
     usage: UsageRecord = Field(default_factory=UsageRecord)
     error: str | None = None
+    rate_limit: RateLimitRecord | None = None
 
     @property
     def ok(self) -> bool:

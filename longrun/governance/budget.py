@@ -53,8 +53,11 @@ __all__ = [
     "BudgetLimit",
     "Usage",
     "expected_iteration_spend",
+    "expected_stage_io",
     "expected_stage_spend",
+    "max_input_tokens",
     "max_job_total_usd",
+    "max_output_tokens",
     "max_tokens",
     "max_total_usd",
     "max_usd_per_hour",
@@ -68,7 +71,7 @@ HOUR = timedelta(minutes=60)
 #: Float noise tolerated in USD comparisons.
 _EPS = 1e-9
 
-Reason = Literal["total_usd", "tokens", "per_hour_usd", "job_total_usd"]
+Reason = Literal["total_usd", "usd", "tokens", "input_tokens", "output_tokens", "per_hour_usd", "job_total_usd"]
 
 
 def _r(x: float) -> float:
@@ -120,6 +123,15 @@ def expected_stage_spend(state: RunState, stage_id: str) -> tuple[float, int]:
     return state.stage_max_spend.get(stage_id, (0.0, 0))
 
 
+def expected_stage_io(state: RunState, stage_id: str) -> tuple[int, int]:
+    """The largest ``(input_tokens, output_tokens)`` the stage has spent in one run so far, or ``(0, 0)``.
+
+    Only stages whose usage format reports input and output separately have
+    an entry; the estimate works the same way for every format.
+    """
+    return state.stage_max_io.get(stage_id, (0, 0))
+
+
 def expected_iteration_spend(state: RunState, stage_ids: Iterable[str]) -> tuple[float, int]:
     """Sum of :func:`expected_stage_spend` over the stages of one iteration."""
     usd, tokens = 0.0, 0
@@ -143,6 +155,8 @@ class BudgetInput:
     lineage_tokens: int = 0
     #: USD the job's other runs spent (``job_total_usd``).
     job_prior_usd: float = 0.0
+    expected_input_tokens: int = 0
+    expected_output_tokens: int = 0
 
     def counters(self) -> dict[str, Any]:
         """The evidence journaled with a decision (``stopped_budget.counters``)."""
@@ -154,6 +168,12 @@ class BudgetInput:
             "expected_usd": _r(self.expected_usd),
             "expected_tokens": self.expected_tokens,
         }
+        st = self.state
+        if st.input_tokens_total or st.output_tokens_total or self.expected_input_tokens or self.expected_output_tokens:
+            out["input_tokens_total"] = st.input_tokens_total
+            out["output_tokens_total"] = st.output_tokens_total
+            out["expected_input_tokens"] = self.expected_input_tokens
+            out["expected_output_tokens"] = self.expected_output_tokens
         if self.lineage_usd or self.lineage_tokens:
             out["lineage_usd"] = _r(self.lineage_usd)
             out["lineage_tokens"] = self.lineage_tokens
@@ -218,12 +238,39 @@ class _Never(BudgetLimit):
 
 @dataclass(frozen=True)
 class max_total_usd(BudgetLimit):
+    """USD over the whole job, reported or computed (``budgets.total_usd``, or ``budgets.usd`` with reason ``usd``)."""
+
     limit: float
+    reason: Literal["total_usd", "usd"] = "total_usd"
 
     def __call__(self, inp: BudgetInput) -> BudgetDecision | None:
         current = inp.state.usd_total + inp.lineage_usd
         if _crosses(current, inp.expected_usd, self.limit, _EPS):
-            return BudgetDecision("total_usd", self.limit, inp.counters())
+            return BudgetDecision(self.reason, self.limit, inp.counters())
+        return None
+
+
+@dataclass(frozen=True)
+class max_input_tokens(BudgetLimit):
+    """Input tokens (cache reads included) of the stages whose usage format reports them."""
+
+    limit: int
+
+    def __call__(self, inp: BudgetInput) -> BudgetDecision | None:
+        if _crosses(inp.state.input_tokens_total, inp.expected_input_tokens, self.limit):
+            return BudgetDecision("input_tokens", self.limit, inp.counters())
+        return None
+
+
+@dataclass(frozen=True)
+class max_output_tokens(BudgetLimit):
+    """Output tokens (reasoning included) of the stages whose usage format reports them."""
+
+    limit: int
+
+    def __call__(self, inp: BudgetInput) -> BudgetDecision | None:
+        if _crosses(inp.state.output_tokens_total, inp.expected_output_tokens, self.limit):
+            return BudgetDecision("output_tokens", self.limit, inp.counters())
         return None
 
 
@@ -288,7 +335,7 @@ class BudgetGovernor:
 
     ``check`` returns ``None`` when the next unit of work fits, else a
     :class:`BudgetDecision`. Limits are checked in the order total USD,
-    tokens, USD per hour, so a limit that waiting cannot lift wins over the
+    tokens, input tokens, output tokens, USD per hour, so a limit that waiting cannot lift wins over the
     hourly one. For ``per_hour_usd`` under ``on_hourly_limit: wait`` the
     decision's ``action`` is ``wait`` with ``until`` set — unless waiting
     cannot help (:meth:`wait_until` is ``None``), then it is ``stop``.
@@ -300,10 +347,16 @@ class BudgetGovernor:
         policy: BudgetLimit = _Never()
         if budgets.total_usd is not None:
             policy = policy | max_total_usd(budgets.total_usd)
+        if budgets.usd is not None:
+            policy = policy | max_total_usd(budgets.usd, reason="usd")
         if budgets.job_total_usd is not None:
             policy = policy | max_job_total_usd(budgets.job_total_usd)
         if budgets.tokens is not None:
             policy = policy | max_tokens(budgets.tokens)
+        if budgets.input_tokens is not None:
+            policy = policy | max_input_tokens(budgets.input_tokens)
+        if budgets.output_tokens is not None:
+            policy = policy | max_output_tokens(budgets.output_tokens)
         if self.hourly is not None:
             policy = policy | self.hourly
         self.policy = policy
@@ -318,8 +371,20 @@ class BudgetGovernor:
         lineage_usd: float = 0.0,
         lineage_tokens: int = 0,
         job_prior_usd: float = 0.0,
+        expected_input_tokens: int = 0,
+        expected_output_tokens: int = 0,
     ) -> BudgetDecision | None:
-        inp = BudgetInput(state, now, expected_usd, expected_tokens, lineage_usd, lineage_tokens, job_prior_usd)
+        inp = BudgetInput(
+            state,
+            now,
+            expected_usd,
+            expected_tokens,
+            lineage_usd,
+            lineage_tokens,
+            job_prior_usd,
+            expected_input_tokens,
+            expected_output_tokens,
+        )
         decision = self.policy(inp)
         if decision is None or decision.reason != "per_hour_usd" or self.budgets.on_hourly_limit != "wait":
             return decision

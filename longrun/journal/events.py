@@ -79,6 +79,11 @@ class Event(BaseModel):
         for name in type(self.payload).omit_if_none:
             if payload.get(name, 0) is None:
                 del payload[name]
+        for name, value in self.payload:  # nested payloads (a stage's usage) omit theirs too
+            if isinstance(value, Payload) and isinstance(payload.get(name), dict):
+                for inner in type(value).omit_if_none:
+                    if payload[name].get(inner, 0) is None:
+                        del payload[name][inner]
         return out
 
     def to_line(self) -> bytes:

@@ -115,15 +115,30 @@ class _Fold:
         attempts = self._map("stage_attempts")
         attempts[key] = attempts.get(key, 0) + 1
 
-    def _on_stage_finished(self, p: Any, ts: datetime) -> None:
+    def _spend(self, usage: Any, ts: datetime) -> None:
         v = self.v
+        v["usd_total"] += usage.usd
+        v["tokens_total"] += usage.tokens
+        v["input_tokens_total"] += usage.input_tokens or 0
+        v["output_tokens_total"] += usage.output_tokens or 0
+        self._list("usage_log").append(UsageEntry(ts=ts, usd=usage.usd, tokens=usage.tokens))
+
+    def _on_stage_finished(self, p: Any, ts: datetime) -> None:
         self._inner("stage_results", p.iteration)[p.stage] = p
-        v["usd_total"] += p.usage.usd
-        v["tokens_total"] += p.usage.tokens
-        self._list("usage_log").append(UsageEntry(ts=ts, usd=p.usage.usd, tokens=p.usage.tokens))
+        self._spend(p.usage, ts)
         spend = self._map("stage_max_spend")
         usd, tokens = spend.get(p.stage, (0.0, 0))
         spend[p.stage] = (max(usd, float(p.usage.usd)), max(tokens, int(p.usage.tokens)))
+        if p.usage.input_tokens is not None or p.usage.output_tokens is not None:
+            io = self._map("stage_max_io")
+            i, o = io.get(p.stage, (0, 0))
+            io[p.stage] = (max(i, p.usage.input_tokens or 0), max(o, p.usage.output_tokens or 0))
+
+    def _on_rate_limited(self, p: Any, ts: datetime) -> None:
+        # A rate-limited attempt's spend is real spend; it does not raise the stage's estimate.
+        self._spend(p.usage, ts)
+        seen = self._map("rate_limited_attempts")
+        seen[(p.iteration, p.stage)] = (*seen.get((p.iteration, p.stage), ()), p)
 
     def _on_gate_evaluated(self, p: Any, ts: datetime) -> None:
         self._inner("gate_results", p.iteration)[p.gate] = p

@@ -70,9 +70,24 @@ class Payload(BaseModel):
 
 
 class Usage(Payload):
+    """A stage's spend. The fields after ``model`` come from an agent usage format and are omitted while None."""
+
     usd: float = Field(0.0, ge=0)
     tokens: int = Field(0, ge=0)
     model: str | None = None
+    input_tokens: int | None = Field(None, ge=0, description="Prompt tokens, cache reads and writes included.")
+    output_tokens: int | None = Field(None, ge=0, description="Output tokens, reasoning included.")
+    cache_read_tokens: int | None = Field(None, ge=0)
+    cache_write_tokens: int | None = Field(None, ge=0)
+    usd_source: Literal["reported", "computed", "none"] | None = Field(
+        None, description="reported by the tool, computed from the price table, or none (no usage in the output)."
+    )
+    prices_version: str | None = Field(None, description="The price table version (or 'spec') of a computed usd.")
+    format: str | None = Field(None, description="The usage format read (claude-stream-json …).")
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset(
+        {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "usd_source", "prices_version", "format"}
+    )
 
 
 class JobRegistered(Payload):
@@ -177,7 +192,7 @@ class RunFailed(Payload):
 
 # -- governance: budget (E4), gate-failure policy (E6), approvals (G3) ----------
 
-BudgetReason = Literal["total_usd", "tokens", "per_hour_usd", "job_total_usd"]
+BudgetReason = Literal["total_usd", "usd", "tokens", "input_tokens", "output_tokens", "per_hour_usd", "job_total_usd"]
 
 
 class StoppedBudget(Payload):
@@ -197,6 +212,29 @@ class BudgetWait(Payload):
     until: AwareDatetime
     reason: BudgetReason = "per_hour_usd"
     counters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("until")
+    @classmethod
+    def _until_utc(cls, v: datetime) -> datetime:
+        return v.astimezone(UTC)
+
+    @field_serializer("until")
+    def _ser_until(self, v: datetime) -> str:
+        return format_ts(v)
+
+
+class RateLimited(Payload):
+    """A stage attempt's output reported a rate limit: the attempt's spend counts, and the run waits
+    until ``until`` (the reported reset) without counting an iteration, then runs the stage again."""
+
+    iteration: int = Field(ge=1)
+    stage: str
+    attempt: int = Field(ge=1)
+    until: AwareDatetime
+    resets_at_reported: bool = Field(True, description="False when the tool gave no reset time and a default wait applies.")
+    kind: str | None = Field(None, description="The tool's name for the limit (five_hour, usage_limit, quota …).")
+    message: str = ""
+    usage: Usage = Field(default_factory=Usage)
 
     @field_validator("until")
     @classmethod
@@ -348,6 +386,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "run_failed": RunFailed,
     "stopped_budget": StoppedBudget,
     "budget_wait": BudgetWait,
+    "rate_limited": RateLimited,
     "escalated": Escalated,
     "gate_skipped": GateSkipped,
     "child_spawned": ChildSpawned,

@@ -31,7 +31,8 @@ resumes). ``approved``/``rejected`` always record the decision in
 when the job waits for that very step. ``pending_approval`` is the step a
 job waits for; ``run_started`` does not clear it (a resume does not bypass an
 approval). ``gate_skipped`` records the gate in ``gate_skips``;
-``budget_wait`` has no state effect.
+``budget_wait`` has no state effect. ``rate_limited`` adds the attempt's
+spend and records the wait in ``rate_limited_attempts``; the status stays RUNNING.
 
 To add a status: add the member to :class:`Status`, list it in ``TERMINAL`` if a
 run ends there, and add the event's handler to :class:`_Fold`.
@@ -45,7 +46,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from longrun.journal.payloads import ApprovalRequested, FrozenDict, GateEvaluated, RunStarted, StageFinished
+from longrun.journal.payloads import ApprovalRequested, FrozenDict, GateEvaluated, RateLimited, RunStarted, StageFinished
 
 __all__ = ["TERMINAL", "Decision", "FrozenDict", "RunState", "Status", "UsageEntry"]
 
@@ -122,6 +123,9 @@ class RunState:
     checkpoints: Mapping[int, Mapping[str, str]] = _EMPTY
     usd_total: float = 0.0
     tokens_total: int = 0
+    #: Input and output tokens of the stages whose usage format reports them (budgets input_tokens/output_tokens).
+    input_tokens_total: int = 0
+    output_tokens_total: int = 0
     usage_log: tuple[UsageEntry, ...] = ()
     #: One fingerprint per finished iteration, in order.
     fingerprints: tuple[str, ...] = ()
@@ -165,6 +169,10 @@ class RunState:
     last_approval_request: ApprovalRequested | None = None
     #: stage → the largest (usd, tokens) one of its runs spent (budget estimates, kept as events arrive).
     stage_max_spend: Mapping[str, tuple[float, int]] = _EMPTY
+    #: stage → the largest (input_tokens, output_tokens) one of its runs spent (stages with a usage format).
+    stage_max_io: Mapping[str, tuple[int, int]] = _EMPTY
+    #: (iteration, stage) → the ``rate_limited`` payloads of that stage in that iteration, in order.
+    rate_limited_attempts: Mapping[tuple[int, str], tuple[RateLimited, ...]] = _EMPTY
     #: gate → iterations (ascending) whose evaluation of the gate failed.
     gate_failed_iterations: Mapping[str, tuple[int, ...]] = _EMPTY
     #: Seq of the event that last ended a run (completed, stopped, failed, rejected, waiting).

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from longrun.spec.agents import AGENT_EXECUTABLES
+
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
@@ -33,7 +35,9 @@ def cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
         run = item.get("run")
         if allowed is None or not isinstance(run, list) or not run or not isinstance(run[0], str):
             return None
-        if run[0] in allowed or (item.get("shell") is True and "sh" in allowed):
+        agent = item.get("agent")
+        preset = AGENT_EXECUTABLES.get(agent) if isinstance(agent, str) else None
+        if run[0] in allowed or run[0] == preset or (item.get("shell") is True and "sh" in allowed):
             return None
         return f"{run[0]!r} is not in allowed_tools {sorted(allowed)}"
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from longrun.spec import agents
 from longrun.spec.models import FailurePolicy, Gate, JobSpec, RetryPolicy
 
 
@@ -41,6 +42,14 @@ class PlannedStage:
     retry: RetryPolicy
     depends_on: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    #: The agent preset (``claude`` …), its executable (allowed for this stage), usage format and prompt template.
+    agent: str | None = None
+    usage_format: str | None = None
+    prompt_file: str | None = None
+
+    @property
+    def preset_tool(self) -> str | None:
+        return agents.AGENT_EXECUTABLES[self.agent] if self.agent else None
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,9 @@ class ExecutionPlan:
                     "timeout": s.timeout,
                     "max_retries": s.retry.max_retries,
                     "depends_on": list(s.depends_on),
+                    "agent": s.agent,
+                    "usage_format": s.usage_format,
+                    "prompt_file": s.prompt_file,
                 }
                 for s in self.stages
             ],
@@ -103,7 +115,7 @@ def compile_spec(spec: JobSpec) -> ExecutionPlan:
         stages.append(
             PlannedStage(
                 id=st.id,
-                argv=tuple(st.run),
+                argv=agents.stage_argv(st),
                 shell=st.shell,
                 phase=phase,
                 model=spec.select_model_for_phase(phase),
@@ -111,6 +123,9 @@ def compile_spec(spec: JobSpec) -> ExecutionPlan:
                 retry=st.retry or spec.defaults.retry,
                 depends_on=tuple(st.depends_on),
                 env=tuple(sorted(st.env.items())),
+                agent=st.agent,
+                usage_format=agents.stage_usage_format(st),
+                prompt_file=agents.stage_prompt_file(st),
             )
         )
     gates = [PlannedGate(g, True) for g in spec.quality_gates.required]

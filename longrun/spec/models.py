@@ -78,11 +78,27 @@ class FailurePolicy(_Model):
 class Budgets(_Model):
     per_hour_usd: float | None = Field(None, ge=0, description="USD over a sliding 60-minute window.")
     total_usd: float | None = Field(None, ge=0, description="USD over one run of the job.")
+    usd: float | None = Field(
+        None,
+        ge=0,
+        description="USD over one run of the job, reported or computed from model prices (the normalized budget); "
+        "the same cap as total_usd, so set one of them.",
+    )
     tokens: int | None = Field(None, ge=0, description="Tokens over one run of the job.")
+    input_tokens: int | None = Field(
+        None, ge=0, description="Input (prompt) tokens over one run of the job, cache reads and writes included."
+    )
+    output_tokens: int | None = Field(None, ge=0, description="Output tokens over one run of the job, reasoning included.")
     on_hourly_limit: Literal["stop", "wait"] = "stop"
     job_total_usd: float | None = Field(
         None, ge=0, description="USD over every run of the job together (each scheduled or keyed run adds to it)."
     )
+
+    @model_validator(mode="after")
+    def _one_usd_cap(self) -> Budgets:
+        if self.usd is not None and self.total_usd is not None:
+            raise ValueError("usd and total_usd are the same cap; set one of them")
+        return self
 
 
 class ModelPolicy(_Model):
@@ -103,9 +119,20 @@ class ModelPolicy(_Model):
         return getattr(self, phase) or self.default
 
 
-class UsageCapture(_Model):
-    """How a stage reports spend besides LONGRUN_USAGE_FILE: regexes over its stdout."""
+UsageFormat = Literal["claude-json", "claude-stream-json", "codex-jsonl", "gemini-json", "gemini-stream-json", "aider-analytics"]
 
+
+class UsageCapture(_Model):
+    """How a stage reports spend besides LONGRUN_USAGE_FILE: an agent's own output format, or regexes over its stdout."""
+
+    format: UsageFormat | None = Field(
+        None,
+        description="Read usage from the stage's output in this agent format (aider-analytics: the file at "
+        "{analytics_log} / $LONGRUN_ANALYTICS_LOG). See docs/agents.md.",
+    )
+    required: StrictBool = Field(
+        False, description="With a format: a stage whose output holds no usage fails the run (usage_missing)."
+    )
     usd_regex: str | None = None
     tokens_regex: str | None = None
 
@@ -132,9 +159,33 @@ def _no_reserved_env(env: dict[str, str]) -> dict[str, str]:
 EnvVars = Annotated[dict[str, str], AfterValidator(_no_reserved_env)]
 
 
+class ModelPrice(_Model):
+    """USD per million tokens of one model (overrides the shipped price table, see docs/agents.md)."""
+
+    input: float = Field(..., ge=0, description="USD per million uncached input tokens.")
+    output: float = Field(..., ge=0, description="USD per million output tokens (reasoning included).")
+    cache_read: float | None = Field(None, ge=0, description="USD per million cached input tokens; default: input.")
+    cache_write: float | None = Field(None, ge=0, description="USD per million cache-write tokens; default: input.")
+
+
+Agent = Literal["claude", "codex", "gemini", "aider"]
+
+
 class Stage(_Model):
     id: str = Field(..., pattern=ID_PATTERN, description="Unique stage id; also the Prefect task name.")
-    run: list[str] = Field(..., min_length=1, description="argv; argv[0] must be in allowed_tools.")
+    run: list[str] | None = Field(
+        None, min_length=1, description="argv; argv[0] must be in allowed_tools. Default with 'agent': the preset's argv."
+    )
+    agent: Agent | None = Field(
+        None,
+        description="An agent preset: fills in the argv, the usage format and the agent's executable as an "
+        "allowed tool (see docs/agents.md; longrun plan prints them).",
+    )
+    prompt_file: RelPath | None = Field(
+        None,
+        description="Relative to the workspace; rendered with {goal}, {iteration} and {previous_failures} "
+        "into the {prompt} argv placeholder (default with 'agent': PROMPT.md).",
+    )
     phase: Phase | None = Field(None, description="Routing phase; defaults to the stage id when it names a phase.")
     depends_on: list[str] = Field(default_factory=list)
     shell: StrictBool = Field(False, description="Run argv[0] through /bin/sh -c (argv[1] is the script).")
@@ -142,6 +193,14 @@ class Stage(_Model):
     retry: RetryPolicy | None = None
     env: EnvVars = Field(default_factory=dict)
     usage: UsageCapture | None = None
+
+    @model_validator(mode="after")
+    def _run_or_agent(self) -> Stage:
+        if self.run is None and self.agent is None:
+            raise ValueError("set 'run' (an argv) or 'agent' (a preset)")
+        if self.usage is not None and self.usage.required and self.usage.format is None and self.agent is None:
+            raise ValueError("usage.required needs a usage.format (or an agent preset, which sets one)")
+        return self
 
     @property
     def effective_phase(self) -> str | None:
@@ -308,6 +367,10 @@ class JobSpec(_Model):
     isolation: Literal["none", "worktree"] = "none"
     budgets: Budgets = Field(default_factory=Budgets)
     model_policy: ModelPolicy
+    model_prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Model name (or name prefix) → price; overrides the shipped price table for computed costs.",
+    )
     stages: list[Stage] = Field(..., min_length=1)
     quality_gates: QualityGates = Field(default_factory=QualityGates)
     stop_conditions: StopConditions = Field(default_factory=StopConditions)

@@ -21,7 +21,14 @@ from longrun.engine.loop import run_job
 from longrun.engine.ports import Answer, Wait
 from longrun.engine.session import Ports, Session
 from longrun.errors import LongrunError
-from longrun.execution.checkpoint import GateResult, IterationCheckpoint, StageResult, UsageRecord, fingerprint
+from longrun.execution.checkpoint import (
+    GateResult,
+    IterationCheckpoint,
+    RateLimitRecord,
+    StageResult,
+    UsageRecord,
+    fingerprint,
+)
 from longrun.execution.runtime import JobRuntime
 from longrun.journal.local import Journal
 from longrun.journal.registry import register
@@ -37,6 +44,12 @@ class Ran:
     usd: float = 0.0
     tokens: int = 0
     edits: bool = True
+    #: Input/output tokens, as an agent usage format reports them (None: the stage reports no split).
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    #: The output reported a rate limit resetting this many seconds from the fake clock's now
+    #: (``float("nan")``: a rate limit without a reset time).
+    rate_limit_in: float | None = None
 
 
 StageScript = Callable[[str, int, int], Ran]
@@ -104,9 +117,16 @@ class FakeWorkspace:
 
 class FakeExecutor:
     def __init__(
-        self, stages: StageScript, gates: GateScript, records: FakeRecords, ws: FakeWorkspace, journal_len: Callable[[], int]
+        self,
+        stages: StageScript,
+        gates: GateScript,
+        records: FakeRecords,
+        ws: FakeWorkspace,
+        journal_len: Callable[[], int],
+        clock: FakeClock | None = None,
     ):
         self.stages, self.gates, self.records, self.ws, self.journal_len = stages, gates, records, ws, journal_len
+        self.clock = clock or FakeClock()
         self.calls: list[tuple[Any, ...]] = []
         #: Journal length when each stage attempt ran (its stage_started is the last event then).
         self.at: list[int] = []
@@ -117,6 +137,14 @@ class FakeExecutor:
         ran = self.stages(stage.id, iteration, attempt)
         if ran.edits:
             self.ws.tree += 1
+        rate_limit = None
+        if ran.rate_limit_in is not None:
+            known = ran.rate_limit_in == ran.rate_limit_in  # NaN: no reset time reported
+            resets_at = self.clock.now() + timedelta(seconds=ran.rate_limit_in) if known else None
+            rate_limit = RateLimitRecord(resets_at=resets_at, kind="five_hour", message="rate_limit_event status='rejected'")
+        io = {}
+        if ran.input_tokens is not None or ran.output_tokens is not None:
+            io = {"input_tokens": ran.input_tokens or 0, "output_tokens": ran.output_tokens or 0}
         result = StageResult(
             job_id=rt.job_id,
             iteration=iteration,
@@ -128,7 +156,8 @@ class FakeExecutor:
             timed_out=False,
             duration_s=0.01,
             attempts=attempt,
-            usage=UsageRecord(usd=ran.usd, tokens=ran.tokens),
+            usage=UsageRecord(usd=ran.usd, tokens=ran.tokens, **io),
+            rate_limit=rate_limit,
         )
         self.records.put(stage_key(iteration, stage.id), result, self.journal_len())
         return result
@@ -226,7 +255,9 @@ class World:
 
     def session(self) -> Session:
         journal = self.journal
-        self.executor = FakeExecutor(self.stages, self.gates, self.records, self.ws, lambda: len(journal.read()))
+        self.executor = FakeExecutor(
+            self.stages, self.gates, self.records, self.ws, lambda: len(journal.read()), clock=self.clock
+        )
         self.run_ids += 1
         rt = JobRuntime(loaded=self.rt.loaded, root=self.rt.root, run_id=f"run-{self.run_ids}")
         ports = Ports(

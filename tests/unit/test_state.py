@@ -45,7 +45,8 @@ def test_golden_completed_two_iterations():
     assert s.runs == ("run-1",) and s.flow_run_ids == ("fr-1",)
     assert s.stage_attempts == {(1, "plan"): 1, (1, "execute"): 2, (2, "plan"): 1, (2, "execute"): 1}
     assert s.stage_results[1]["execute"].attempts == 2
-    assert s.stage_results[1]["execute"].usage.model_dump() == {"usd": 1.0, "tokens": 4000, "model": "big"}
+    # fields added later (input_tokens …) are None in a journal written before them
+    assert s.stage_results[1]["execute"].usage.model_dump(exclude_none=True) == {"usd": 1.0, "tokens": 4000, "model": "big"}
     assert s.gate_results[1]["tests"].passed is False
     assert s.gate_results[2]["tests"].evidence == {"junit": {"tests": 10, "failed": 0}}
     assert set(s.checkpoints) == {1, 2} and set(s.checkpoints[2]) == {"diff.patch", "summary.json"}
