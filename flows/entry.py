@@ -14,7 +14,7 @@ Deployments need a flow that Prefect can import by name in another process:
 
 The flow body is ``longrun_job``'s own function (``.fn``), called in this flow
 run: no subflow, the same parameters (``spec``, ``root``, ``source``,
-``job_id``) and the same outcome. Flow runs are renamed ``<job>-<jobId>`` when
+``job_id``, ``run_key``) and the same final state. Flow runs are renamed ``<job>-<jobId>`` when
 they start, as for ``longrun run``.
 """
 
@@ -57,14 +57,19 @@ def longrun_job_entry(
     source: str | None = None,
     job_id: str | None = None,
     force: bool = False,
-) -> dict[str, Any]:
+    run_key: str | None = None,
+) -> Any:
     """Run a longrun job (the canonical spec) under ``root``; see ``longrun.flows.job.longrun_job``.
 
     ``root`` is the job root (``.maestro/`` lives there), resolved against the
     run's working directory if relative; ``source`` is the spec file, used to
-    find the workspace template when the workspace does not exist yet.
+    find the workspace template when the workspace does not exist yet;
+    ``run_key`` names the intended run (else the flow run's idempotency key or
+    cron tick does). The flow run ends in the state that tells the run's outcome.
     """
     kwargs: dict[str, Any] = {"spec": spec, "root": root, "source": source, "job_id": job_id}
     if force:
         kwargs["force"] = True
+    if run_key:
+        kwargs["run_key"] = run_key
     return longrun_job.fn(**kwargs)

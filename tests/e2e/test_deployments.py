@@ -733,11 +733,13 @@ def test_each_keyed_trigger_is_its_own_run_and_a_repeated_key_is_not(worker, pre
         fr = run_deployment(doc["name"], timeout=0, idempotency_key=intended_run_key(job_id, explicit_key=key))
         finals[key] = _wait_final(fr.id, 180, worker["log"])
         assert (finals[key].state.type.value, finals[key].state.name) == ("COMPLETED", "Completed"), finals[key].state
-    for key in ("night-1", "night-2"):
+    # Each run did the job's stages itself, with its own counters (not "nothing to do" for the second): the
+    # first needs 3 iterations to write 3 lines; the second finds them in the workspace and adds its own.
+    for key, iterations in (("night-1", 3), ("night-2", 1)):
         state = _run_journal(root, job_id, key).state()
-        # Each run did the job's stages itself: 3 iterations each, not "nothing to do" for the second.
-        assert (state.status, state.iterations_finished, state.run_key) == ("COMPLETED", 3, key)
-        assert [e.type for e in _run_journal(root, job_id, key).read()].count("stage_finished") == 3
+        assert (state.status, state.iterations_finished, state.run_key) == ("COMPLETED", iterations, key)
+        assert [e.type for e in _run_journal(root, job_id, key).read()].count("stage_finished") == iterations
+    assert (root / ".maestro/workspaces/hello-loop/hello.txt").read_text().count("hello from iteration") == 4
     # The same intended run again, as a new flow run that only names the key: no new run, no work.
     again = run_deployment(doc["name"], timeout=0, parameters={"run_key": "night-1"})
     assert again.id != finals["night-1"].id
@@ -745,6 +747,7 @@ def test_each_keyed_trigger_is_its_own_run_and_a_repeated_key_is_not(worker, pre
     assert final.state.is_completed() and final.state.message.startswith("COMPLETED"), final.state
     assert [c.key for c in list_runs(root, job_id)] == ["night-1", "night-2"]
     assert [e.type for e in _run_journal(root, job_id, "night-1").read()].count("stage_finished") == 3
+    assert (root / ".maestro/workspaces/hello-loop/hello.txt").read_text().count("hello from iteration") == 4
     runs = longrun_cli("runs", job_id, "--root", str(root), "--json", cwd=tmp_path, env=env)
     assert [r["key"] for r in json.loads(runs.stdout)["runs"]] == ["night-1", "night-2"]
 
