@@ -271,10 +271,14 @@ def test_plan_prints_the_compiled_plan_and_runs_nothing(tmp_path):
         "model_policy: {default: cheap, execute: strong}\n"
         f"stages:\n  - {{id: execute, run: [python, -c, \"open('{marker}', 'w')\"]}}\n"
         "quality_gates: {required: [{id: t, kind: test_pass, run: [python, -m, pytest]}], optional: [{id: a, kind: artifact_exists, path: out.txt}]}\n"
-        "budgets: {total_usd: 2.5, tokens: 1000}\nstop_conditions: {max_iterations: 7}\n",
+        "budgets: {total_usd: 2.5, tokens: 1000}\nstop_conditions: {max_iterations: 7}\n"
+        "approvals: [{before: execute, timeout: 60}, {after: gates, step: release, mode: suspend}]\n",
     )
     r = longrun_cli("plan", str(spec), "--root", str(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    # Approvals are part of what a run would do.
+    assert "approval: before-execute   before stage execute, timeout 60s, pause" in r.stdout
+    assert "approval: release          after the gates, timeout 3600s, suspend" in r.stdout
     assert "execute      phase=execute  model=strong" in r.stdout
     assert f"$ python -c open('{marker}', 'w')" in r.stdout
     assert "t            test_pass        required" in r.stdout and "a            artifact_exists  optional" in r.stdout

@@ -159,6 +159,12 @@ def test_a_decision_after_the_pause_timed_out_is_honoured_and_a_rejection_ends_c
     resumed = cli("resume", job_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["status"] == "COMPLETED"
+    # Resuming after the approval went on with the same run: one run, two segments (flow runs).
+    assert [r["status"] for r in json.loads(cli("runs", job_id, "--json").stdout)["runs"]] == ["COMPLETED"]
+    st = json.loads(cli("status", job_id, "--json").stdout)
+    assert (st["runs_of_job"], len(st["segments"])) == (1, 2)
+    human = cli("status", job_id).stdout
+    assert "over 2 segment(s)" in human and "run(s)" not in human
 
     # Rejected: the flow run ends Cancelled, named Rejected.
     spec2 = _spec(tmp_path, "rejected-late", extra=APPROVAL)

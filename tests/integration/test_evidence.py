@@ -511,6 +511,15 @@ def test_cli_evidence_and_verify(job, capsys, monkeypatch):
     manifest = job.evidence_dir / f"{job.job_id}.manifest.json"
     assert cli_main(["verify", str(manifest)]) == 0  # the bundle alone is intact
     capsys.readouterr()
+    # A bundle path where a manifest is expected: verified against the manifest beside it, not "not valid JSON".
+    tar = job.evidence_dir / f"{job.job_id}.tar.gz"
+    assert cli_main(["verify", str(tar)]) == 0
+    assert capsys.readouterr().out.startswith(f"OK  {tar}")
+    lone = job.root / "elsewhere.tar.gz"
+    lone.write_bytes(tar.read_bytes())
+    assert cli_main(["verify", str(lone)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evidence_missing") and "is a bundle" in err and "--bundle" in err and "utf-8" not in err
     assert cli_main(["verify", "no-such-job"]) == 2
     assert "job_not_found" in capsys.readouterr().err
     assert cli_main(["evidence", "push", job.job_id]) == 2  # the example spec names no store
