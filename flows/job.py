@@ -288,56 +288,55 @@ def longrun_job(
     The flow run ends in a state that tells the run's outcome (:func:`final_state`).
     """
     root_path = Path(root).resolve()
-    flow_run = get_run_context().flow_run  # type: ignore[union-attr]
-    run_id: str | None = None
-    if job_id is not None:
-        record = find_job(root_path, job_id)
-        loaded = replace(record.load(), job_id=record.definition)
-        run_id = record.job_id
-    else:
-        # A spec document, or the content of a stored spec.json (any known spec_schema).
-        job_spec = validate_spec_data(stored_spec_data(spec, file=source), file=source)
-        loaded = LoadedSpec(
-            spec=job_spec,
-            source=Path(source) if source else None,
-            job_id=job_id_for(job_spec),
-            canonical=canonical_json(job_spec),
-        )
-    flow_run_id = str(flow_run.id)  # type: ignore[union-attr]
-    rt = JobRuntime(loaded=loaded, root=root_path, run_id=flow_run_id)
-    lock = JobLock(root_path, loaded.job_id)
+    flow_run: Any = get_run_context().flow_run  # type: ignore[union-attr]
+    flow_run_id = str(flow_run.id)
+    rt: JobRuntime | None = None  # the run's runtime, once the run is chosen
+    lock: JobLock | None = None
     try:
-        lock.acquire()
-        try:
-            choice = choose_run(
-                loaded,
-                root_path,
-                trigger_for(flow_run, run_key),
-                PrefectLiveness(),
-                run_id=run_id,
-                own_flow_run=flow_run_id,
-                force=force,
-            )
-        except BaseException:
-            lock.release()
-            raise
+        loaded, run_id = _definition(root_path, spec, source, job_id)
+        lock = JobLock(root_path, loaded.job_id).acquire()
+        choice = choose_run(
+            loaded,
+            root_path,
+            trigger_for(flow_run, run_key),
+            PrefectLiveness(),
+            run_id=run_id,
+            own_flow_run=flow_run_id,
+            force=force,
+        )
         rt = JobRuntime(loaded=replace(loaded, job_id=choice.record.job_id), root=root_path, run_id=flow_run_id)
         outcome = run_job(session_for(rt, lock=lock, choice=choice), source=source, force=force)
     except LongrunError as exc:
-        # Expected failures end the flow run as Failed with the code, not a traceback.
-        if exc.code not in REFUSALS and not getattr(exc, "journaled", False):
-            _journal_failure(rt, exc.code, exc.message)
+        # Expected failures end the flow run with the code, not a traceback; a refusal touches no journal.
         if exc.code in REFUSALS:
             return Cancelled(
                 name="Blocked", message=f"{exc.code}: {exc.message}", data={"code": exc.code, "message": exc.message}
             )
-        return Failed(message=f"{exc.code}: {exc.message}", data={**_outcome_from(rt), "code": exc.code, "message": exc.message})
+        if rt is not None and not getattr(exc, "journaled", False):
+            _journal_failure(rt, exc.code, exc.message)
+        data = {**(_outcome_from(rt) if rt is not None else {}), "code": exc.code, "message": exc.message}
+        return Failed(message=f"{exc.code}: {exc.message}", data=data)
     except Exception as exc:
-        _journal_failure(rt, "run_crashed", f"{type(exc).__name__}: {exc}")
+        if rt is not None:
+            _journal_failure(rt, "run_crashed", f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return final_state(outcome)
+
+
+def _definition(root: Path, spec: dict[str, Any], source: str | None, job_id: str | None) -> tuple[LoadedSpec, str | None]:
+    """The job (its loaded spec, under the job's id) and, for a resume, the run to continue."""
+    if job_id is not None:
+        record = find_job(root, job_id)
+        return replace(record.load(), job_id=record.definition), record.job_id
+    # A spec document, or the content of a stored spec.json (any known spec_schema).
+    job_spec = validate_spec_data(stored_spec_data(spec, file=source), file=source)
+    loaded = LoadedSpec(
+        spec=job_spec, source=Path(source) if source else None, job_id=job_id_for(job_spec), canonical=canonical_json(job_spec)
+    )
+    return loaded, None
 
 
 #: Refusals to start: the journal belongs to another (live) run and is not touched.

@@ -17,11 +17,15 @@ pytestmark = pytest.mark.prefect
 PY = "python"
 
 
-def run_flow(spec_path: Path, root: Path) -> dict:
+def run_flow(spec_path: Path, root: Path, **params) -> dict:
     from longrun.flows.job import job_flow
 
     loaded = load_spec(spec_path)
-    return job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(root), source=str(loaded.source))
+    # The flow run ends in a state that tells the outcome (Failed, Cancelled, ...); its data is the outcome.
+    state = job_flow(loaded)(
+        spec=json.loads(loaded.canonical), root=str(root), source=str(loaded.source), return_state=True, **params
+    )
+    return state.result(raise_on_failure=False)
 
 
 def events(root: Path, job_id: str):
@@ -93,8 +97,9 @@ def test_example_completes_in_two_iterations_with_checkpoints(prefect_server, ex
     names = task_run_names(out["run_id"])
     assert names["__flow__"] == "fix-failing-test"
     assert names["__flow_run__"] == f"fix-failing-test-{out['job_id']}"
-    for n in ("plan#1", "execute#1", "gate-tests#1", "checkpoint#1", "plan#2", "execute#2", "checkpoint#2"):
+    for n in ("plan#1", "execute#1", "checkpoint#1", "plan#2", "execute#2", "gate-tests#2", "checkpoint#2"):
         assert names[n] == "Completed", (n, names)
+    assert names["gate-tests#1"] == "GateFailed"  # 2 of 3 tests passed: the gate's task run failed, the flow went on
 
     # The run's evidence bundle verifies; one changed byte is caught and named.
     from longrun.evidence.bundle import bundle_paths
@@ -352,19 +357,20 @@ quality_gates:
     assert (JobPaths(tmp_path, loaded.job_id).evidence_dir / f"{loaded.job_id}.tar.gz").is_file()
 
 
-def test_a_finished_job_runs_nothing_whatever_its_workspace_looks_like_now(prefect_server, tmp_path):
-    """A deployment re-running a COMPLETED job: "nothing to do", never a failure journaled over the result."""
+def test_a_finished_run_runs_nothing_whatever_its_workspace_looks_like_now(prefect_server, tmp_path):
+    """The same intended run (its key) of a COMPLETED run: "nothing to do", never a failure journaled over the result."""
     spec = write_job(
         tmp_path,
         "name: done-once\ngoal: g\nworkspace: {path: ws, template: template}\nallowed_tools: [python]\n"
         "model_policy: {default: m}\nstages: [{id: a, run: [python, -c, 'pass']}]\n"
         "quality_gates: {required: [{id: ok, kind: command_pass, run: [python, -c, 'pass']}]}\n",
     )
-    assert run_flow(spec, tmp_path)["status"] == "COMPLETED"
+    first = run_flow(spec, tmp_path, run_key="tick-1")
+    assert first["status"] == "COMPLETED"
     shutil.rmtree(tmp_path / "ws")
     shutil.rmtree(tmp_path / "template")  # what the run was made from is gone
-    again = run_flow(spec, tmp_path)
-    assert again["status"] == "COMPLETED"
+    again = run_flow(spec, tmp_path, run_key="tick-1")
+    assert again["status"] == "COMPLETED" and again["job_id"] == first["job_id"] != load_spec(spec).job_id
     types = [e.type for e in events(tmp_path, again["job_id"])]
     assert "run_failed" not in types and types.count("run_started") == 1
     assert not (tmp_path / "ws").exists()
