@@ -103,15 +103,18 @@ def _step(record, state, given: str | None) -> str:
                 code="approval_step_unknown",
             )
         return str(state.pending_approval)
-    steps = {a.step_name: a for a in record.load().spec.approvals}
-    if given in steps or given.startswith("escalate:"):
+    spec = record.load().spec
+    steps = {a.step_name: a for a in spec.approvals}
+    gate_steps = {g.step for g in (*spec.quality_gates.required, *spec.quality_gates.optional) if g.kind == "approval"}
+    requested = {step for step, _ in state.approval_requests}
+    if given in steps or given in gate_steps or given in requested or given.startswith("escalate:"):
         return given
     guarded = [name for name, a in steps.items() if a.before == given]
     if len(guarded) == 1:
         return guarded[0]
     if given == "gates" and "after-gates" in steps:
         return "after-gates"
-    known = ", ".join(sorted(steps)) or "none"
+    known = ", ".join(sorted({*steps, *gate_steps})) or "none"
     raise LongrunError(
         f"{record.name} ({record.run_ref}) has no approval step {given!r} (steps: {known}; a stage id names the step before it)",
         code="approval_step_unknown",

@@ -31,7 +31,7 @@ import pytest
 from conftest import longrun_cli, sigkill_engine_once, wait_paused, write_job
 
 from longrun.journal.local import Journal
-from longrun.journal.registry import find_job
+from longrun.journal.registry import find_job, register
 from longrun.spec import load_spec
 from longrun.storage.paths import JobPaths
 from longrun.workspace import gitutil
@@ -97,11 +97,20 @@ model_policy: {{default: m}}
     return write_job(tmp_path, text, {"stage.py": STAGE, **(files or {})}, name=f"{name}.yaml")
 
 
+def _outcome(state):
+    """An in-process flow's result: the run's outcome, whatever state the flow run ended in."""
+    return state.result(raise_on_failure=False)
+
+
 def run_flow(spec_path: Path, root: Path, **kw):
     from longrun.flows.job import job_flow
 
     loaded = load_spec(spec_path)
-    return job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(root), source=str(loaded.source), **kw)
+    want_state = kw.pop("return_state", False)
+    state = job_flow(loaded)(
+        spec=json.loads(loaded.canonical), root=str(root), source=str(loaded.source), return_state=True, **kw
+    )
+    return state if want_state else _outcome(state)
 
 
 def resume_flow(root: Path, job_id: str, **kw):
@@ -110,7 +119,11 @@ def resume_flow(root: Path, job_id: str, **kw):
 
     loaded = find_job(root, job_id).load()
     source = next(e.payload.source for e in journal(root, job_id).read() if e.type == "job_registered")
-    return job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(root), source=source, job_id=job_id, **kw)
+    want_state = kw.pop("return_state", False)
+    state = job_flow(loaded)(
+        spec=json.loads(loaded.canonical), root=str(root), source=source, job_id=job_id, return_state=True, **kw
+    )
+    return state if want_state else _outcome(state)
 
 
 def journal(root: Path, job_id: str) -> Journal:
@@ -299,6 +312,7 @@ quality_gates:
         from prefect.context import get_run_context
 
         rt = JobRuntime(loaded=loaded, root=tmp_path, run_id=str(get_run_context().flow_run.id))
+        register(loaded, tmp_path)  # the job's first run, under the job's id (what choose_run opens)
         s = session_for(rt)
         s.ports.clock = Clock()
         return run_job(s, source=str(spec))

@@ -52,7 +52,8 @@ def run_flow(spec: Path, root: Path) -> dict:
     from longrun.flows.job import job_flow
 
     loaded = load_spec(spec)
-    return job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(root), source=str(loaded.source))
+    state = job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(root), source=str(loaded.source), return_state=True)
+    return state.result(raise_on_failure=False)  # the outcome, also for a run that ended Cancelled or Failed
 
 
 def prune(root: Path, *args: str) -> dict:
