@@ -53,6 +53,7 @@ from longrun.execution.stages import run_stage
 from longrun.flows.approvals import PrefectApprover
 from longrun.flows.deploy import utc_text
 from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
+from longrun.journal.chain import line_hash
 from longrun.journal.events import Event
 from longrun.journal.local import Journal
 from longrun.journal.registry import find_job, outcome_dict
@@ -188,7 +189,11 @@ class PrefectProgress:
             pass
 
     def event(self, event: Event) -> None:
-        emit_prefect_event(self.rt.job_id, self.rt.spec.name, event.type, event.payload.model_dump(mode="json"))
+        payload = event.payload.model_dump(mode="json")
+        # The journal's chain head after this event, recorded outside the job root (see longrun.journal.chain).
+        payload["chain_head"] = line_hash(event.to_line())
+        payload["seq"] = event.seq
+        emit_prefect_event(self.rt.job_id, self.rt.spec.name, event.type, payload)
 
     def iteration_done(self, iteration: int, checkpoint: IterationCheckpoint, gates: list[GateResult], state: RunState) -> None:
         iteration_artifacts(self.rt, iteration, checkpoint.files["summary.md"], gates)

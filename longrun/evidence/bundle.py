@@ -60,6 +60,7 @@ from longrun.evidence.layout import (
     parse_journal,
 )
 from longrun.evidence.manifest import predicate
+from longrun.journal.chain import check_chain
 from longrun.journal.events import format_ts
 from longrun.journal.fold import replay
 from longrun.storage.paths import JobPaths, check_job_id
@@ -166,19 +167,29 @@ def build_bundle(
     bundle = {"name": tar_path.name, "sha256": out.hexdigest(), "size": out.size}
 
     created = events[-1].ts if now_from_journal else clock()
+    # The journal's chain head, outside the journal: a deleted tail no longer matches it.
+    chain = check_chain(journal_bytes)
+    pred = predicate(
+        job_id=job_id,
+        state=state,
+        events=events,
+        spec_bytes=spec_bytes,
+        waiver=waiver if is_regular(waiver) else None,
+        created_at=format_ts(created),
+        bundle=bundle,
+    )
+    pred["journal_chain"] = {
+        "head": chain.head,
+        "events": chain.events,
+        "chained": chain.chained,
+        "ok": chain.ok,
+        "broken_seq": chain.broken_seq,
+    }
     manifest = {
         "_type": MANIFEST_TYPE,
         "subject": subjects,
         "predicateType": PREDICATE_TYPE,
-        "predicate": predicate(
-            job_id=job_id,
-            state=state,
-            events=events,
-            spec_bytes=spec_bytes,
-            waiver=waiver if is_regular(waiver) else None,
-            created_at=format_ts(created),
-            bundle=bundle,
-        ),
+        "predicate": pred,
     }
     atomicio.write_atomic(manifest_path, _manifest_text(manifest))
     return BundleResult.from_manifest(job_id, tar_path, manifest_path, manifest)

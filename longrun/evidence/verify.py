@@ -30,6 +30,7 @@ from longrun.evidence.layout import (
     journal_snapshot,
     parse_journal,
 )
+from longrun.journal.chain import check_chain
 from longrun.journal.fold import replay
 from longrun.storage.paths import JobPaths, check_job_id, safe_join
 
@@ -227,10 +228,15 @@ def verify(
     if size != bundle["size"]:
         mismatches.append(Mismatch(bundle["name"], f"size {size} differs from the manifest's {bundle['size']}"))
     mismatches += _check_members(tar_path, bundle["name"], subjects)
+    recorded = manifest["predicate"].get("journal_chain")
+    chain = _check_bundled_chain(tar_path, recorded) if not mismatches else None
+    if chain is not None:
+        mismatches += chain
     bundle_only = 0
     if job_files_root is not None:
         on_disk, bundle_only = _check_disk(Path(job_files_root), manifest["predicate"]["job_id"], subjects)
         mismatches += on_disk
+        mismatches += _check_disk_chain(Path(job_files_root), manifest["predicate"]["job_id"], recorded)
     return VerifyReport(
         manifest_path,
         tar_path,
@@ -239,6 +245,55 @@ def verify(
         checked_disk=job_files_root is not None,
         bundle_only=bundle_only,
     )
+
+
+def _bundled_journal(tar_path: Path) -> bytes | None:
+    with tarfile.open(tar_path, mode="r|gz") as tar:
+        for member in tar:
+            if member.name == EVENTS_MEMBER and member.isreg():
+                reader = tar.extractfile(member)
+                return reader.read() if reader is not None else None
+    return None
+
+
+def _check_bundled_chain(tar_path: Path, recorded: Mapping[str, Any] | None) -> list[Mismatch]:
+    """The bundled journal's hash chain holds, and its head is the one the manifest recorded."""
+    try:
+        data = _bundled_journal(tar_path)
+    except (tarfile.TarError, EOFError, zlib.error, OSError):
+        return []  # reported by the member check
+    if data is None:
+        return []
+    chain = check_chain(data)
+    out: list[Mismatch] = []
+    if not chain.ok:
+        out.append(Mismatch(EVENTS_MEMBER, f"hash chain broken at seq {chain.broken_seq}: {chain.reason}"))
+    if recorded is not None and recorded.get("head") != chain.head:
+        out.append(Mismatch(EVENTS_MEMBER, "the journal's chain head differs from the one the manifest recorded"))
+    return out
+
+
+def _check_disk_chain(root: Path, job_id: str, recorded: Mapping[str, Any] | None) -> list[Mismatch]:
+    """The journal on disk: its chain holds, and it still holds the line the manifest's head names."""
+    path = JobPaths(root, check_job_id(job_id)).events_file
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []  # reported by the disk check
+    chain = check_chain(data)
+    out: list[Mismatch] = []
+    if not chain.ok:
+        out.append(Mismatch(EVENTS_MEMBER, f"hash chain broken at seq {chain.broken_seq}: {chain.reason}", "disk"))
+    if recorded and recorded.get("head") and chain.head_at(int(recorded.get("events") or 0)) != recorded["head"]:
+        out.append(
+            Mismatch(
+                EVENTS_MEMBER,
+                f"the journal no longer holds the event {recorded.get('events')} the manifest's chain head names "
+                f"(it has {chain.events}): its tail was deleted or rewritten",
+                "disk",
+            )
+        )
+    return out
 
 
 def _check_members(tar_path: Path, bundle_name: str, subjects: Mapping[str, Mapping[str, Any]]) -> list[Mismatch]:

@@ -57,6 +57,9 @@ class Event(BaseModel):
     ts: AwareDatetime
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     payload: Payload
+    #: The hash chain: sha256 of the previous line as written (its bytes with the newline), or for
+    #: the first event the spec's sha256. None on lines written before the chain (left out of the line).
+    prev: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("ts")
     @classmethod
@@ -75,6 +78,8 @@ class Event(BaseModel):
         from a writer that did not know them reads back byte for byte.
         """
         out = self.model_dump(mode="json")
+        if out.get("prev") is None:
+            del out["prev"]
         payload = out["payload"]
         for name in type(self.payload).omit_if_none:
             if payload.get(name, 0) is None:
@@ -185,8 +190,9 @@ def build_event(
     seq: int,
     job_id: str,
     ts: datetime,
+    prev: str | None = None,
 ) -> Event:
-    """Build and validate a current-version event (what the journal appends).
+    """Build and validate a current-version event (what the journal appends); ``prev`` links it into the chain.
 
     A bad event here is a caller's bug, not a corrupt journal, so this raises
     ``ValueError`` for an unknown ``type``, pydantic's ``ValidationError`` (a
@@ -206,7 +212,7 @@ def build_event(
     if unknown:
         raise ValueError(f"{type}: undeclared payload field(s) {', '.join(unknown)}; declare them in its payload model")
     return cls.model_validate(
-        {"seq": seq, "type": type, "version": EVENT_VERSION, "ts": ts, "job_id": job_id, "payload": dict(payload)}
+        {"seq": seq, "type": type, "version": EVENT_VERSION, "ts": ts, "job_id": job_id, "payload": dict(payload), "prev": prev}
     )
 
 

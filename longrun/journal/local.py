@@ -27,6 +27,7 @@ from typing import Any
 
 from longrun import atomicio
 from longrun.errors import EventVersionUnsupported, JournalCorrupt, LongrunError
+from longrun.journal.chain import chain_link
 from longrun.journal.events import Event, build_event, parse_event
 from longrun.journal.fold import replay
 from longrun.journal.payloads import Payload
@@ -92,7 +93,7 @@ class Journal:
             end = _last_newline(fd, size) + 1
             if end != size:
                 atomicio.truncate(fd, end)  # torn tail from a crash: drop it
-            last = self._last_event(fd, end)
+            last, last_line = self._last_event(fd, end)
             if last is not None and last.job_id != job_id:
                 raise ValueError(f"{self.path} belongs to job {last.job_id}, not {job_id}")
             if unless is not None and (refusal := unless(replay(Journal(self.path).read()))) is not None:
@@ -104,19 +105,20 @@ class Journal:
                 seq=(last.seq if last else 0) + 1,
                 job_id=job_id,
                 ts=ts if ts is not None else self._clock(),
+                prev=chain_link(last_line, type, payload),
             )
             atomicio.append_line(fd, event.to_line())
             return event
         finally:
             os.close(fd)  # also releases the flock
 
-    def _last_event(self, fd: int, end: int) -> Event | None:
-        """The event on the last complete line of a file whose lines end at ``end``."""
+    def _last_event(self, fd: int, end: int) -> tuple[Event | None, bytes | None]:
+        """The event on the last complete line of a file whose lines end at ``end``, and that line's bytes."""
         if end == 0:
-            return None
+            return None, None
         start = _last_newline(fd, end - 1) + 1
-        line = os.pread(fd, end - 1 - start, start)
-        return _parse_line(line, f"{self.path}: last line")
+        line = os.pread(fd, end - start, start)
+        return _parse_line(line[:-1], f"{self.path}: last line"), line
 
     # -- reading -----------------------------------------------------------------
 

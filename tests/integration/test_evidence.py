@@ -587,3 +587,36 @@ def test_bundle_of_a_200mb_log_keeps_memory_flat(tmp_path):
     subject = {s["name"]: s for s in json.loads(bundle_paths(tmp_path, paths.job_id)[1].read_text())["subject"]}
     assert subject["checkpoints/1/command.log"]["annotations"]["size"] == 200 << 20
     shutil.rmtree(paths.checkpoints)
+
+
+# ------------------------------------------------------------------ the journal's hash chain
+
+
+def test_the_manifest_records_the_chain_head_and_verify_catches_a_broken_chain_or_a_deleted_tail(job):
+    import hashlib
+
+    built = build_bundle(job.root, job.job_id)
+    lines = job.events_file.read_bytes().splitlines(keepends=True)
+    recorded = json.loads(built.manifest_path.read_text())["predicate"]["journal_chain"]
+    assert recorded == {
+        "head": hashlib.sha256(lines[-1]).hexdigest(),
+        "events": len(lines),
+        "chained": True,
+        "ok": True,
+        "broken_seq": None,
+    }
+    assert verify(built.manifest_path, built.tar_path, job_files_root=job.root).ok
+
+    # A deleted tail: the journal left is a valid chain, but not the one the manifest recorded.
+    job.events_file.write_bytes(b"".join(lines[:-2]))
+    problems = [m.problem for m in verify(built.manifest_path, built.tar_path, job_files_root=job.root).mismatches]
+    assert any("tail was deleted or rewritten" in p for p in problems), problems
+
+    # An edited event in the middle: the chain breaks at the next event, which verify names.
+    event = json.loads(lines[3])
+    assert "iteration" in event["payload"], event
+    event["payload"]["iteration"] = 7
+    edited = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+    job.events_file.write_bytes(b"".join([*lines[:3], edited, *lines[4:]]))
+    problems = [m.problem for m in verify(built.manifest_path, built.tar_path, job_files_root=job.root).mismatches]
+    assert any(p.startswith("hash chain broken at seq 5") for p in problems), problems
