@@ -10,6 +10,7 @@ preflight are reported without it. The server is chosen just before that
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,15 @@ def _run_flow(
     api_url = connect(args)  # before Prefect is imported; prefect_unavailable if no server can be had
     from longrun.flows.runner import run_job_flow
 
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # SIGTERM ends a run as Ctrl-C does
     try:
         end = run_job_flow(loaded, root, job_id=job_id, force=args.force, api_url=api_url, run_key=run_key)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the message short
         print("interrupted; resume with: longrun resume " + (job_id or loaded.job_id), file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not end.completed and end.message.startswith("job_already_running: "):
         raise LongrunError(end.message.removeprefix("job_already_running: "), code="job_already_running")
     record = find_job(root, end.run or job_id or loaded.job_id)
@@ -70,6 +75,10 @@ def _run_flow(
         print(f"evidence upload failed; retry with: longrun evidence push {record.job_id}", file=sys.stderr)
         return EXIT_EVIDENCE_UPLOAD_FAILED
     return STATUS_EXIT.get(outcome["status"], EXIT_FAILED)
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_outcome(outcome: dict[str, Any], out: Out) -> None:

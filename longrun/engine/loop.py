@@ -172,10 +172,25 @@ def run_job(s: Session, *, source: str | None = None, force: bool = False) -> di
         s.emit("run_failed", {"code": exc.code, "message": exc.message})
         exc.journaled = True
         raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            _interrupted(s, exc)  # Ctrl-C, SIGTERM (as the orchestrator raises it), SystemExit
+        raise
     finally:
         if s.state.is_terminal:
             finish(s)
     return s.outcome()
+
+
+def _interrupted(s: Session, exc: BaseException) -> None:
+    """Journal ``run_stopped`` (reason ``interrupted``): the run stops cleanly and ``resume`` goes on from here."""
+    if s.state.is_terminal:
+        return
+    try:
+        s.emit("run_stopped", {"reason": "interrupted", "detail": {"by": type(exc).__name__}})
+        s.say(f"stopped: interrupted ({type(exc).__name__}); resume with: longrun resume {s.rt.job_id}")
+    except Exception:  # the journal cannot be written: the run stays RUNNING and the next start resumes it
+        pass
 
 
 def _start(s: Session, source: str | None, force: bool) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializ
 
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 
-StopReason = Literal["max_iterations", "max_wall_time", "stop_file", "no_progress"]
+StopReason = Literal["max_iterations", "max_wall_time", "stop_file", "no_progress", "interrupted"]
 
 
 class FrozenDict(dict):
