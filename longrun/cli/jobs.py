@@ -316,7 +316,7 @@ def _same_host(started) -> bool:
 
 
 def _event_line(event) -> str:
-    payload = event.payload.model_dump(mode="json")
+    payload = event.to_dict()["payload"]  # as journaled: optional fields that are None are left out
     brief = " ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}" for k, v in payload.items())
     return f"#{event.seq:<5} {event.ts.isoformat()} {event.type:<18} {brief}"
 
