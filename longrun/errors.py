@@ -211,6 +211,11 @@ EXIT_CODES: dict[str, int | None] = {
     "record_invalid": _FAIL,
     "record_version_unsupported": _FAIL,
     "checkpoint_missing": _FAIL,
+    "journal_missing": _FAIL,
+    "journal_unwritable": _FAIL,
+    "journal_chain_broken": _FAIL,
+    # reported by `longrun doctor` (and dropped by the next append or --repair)
+    "journal_torn_tail": None,
     "spec_schema_unsupported": _FAIL,
     "gate_unknown": _FAIL,
     "strict_contract_failed": _FAIL,

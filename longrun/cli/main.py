@@ -18,7 +18,7 @@ import os
 import sys
 
 from longrun import __version__
-from longrun.cli import apply, approve, deploy, evidence, jobs, run, server
+from longrun.cli import apply, approve, deploy, doctor, evidence, jobs, run, server
 from longrun.cli.common import EXIT_INTERRUPTED, EXIT_OK, PREFECT_DEFAULTS, Out
 from longrun.errors import LongrunError, exit_code_for
 
@@ -42,6 +42,7 @@ COMMANDS = (
     "trigger",
     "evidence",
     "verify",
+    "doctor",
     "server",
 )
 
@@ -61,7 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"longrun {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Built on every call: each command binds its function (fn) now, so a patched cmd_* is the one run.
-    adders = jobs.PARSERS | run.PARSERS | approve.PARSERS | apply.PARSERS | deploy.PARSERS | evidence.PARSERS | server.PARSERS
+    adders = (
+        jobs.PARSERS
+        | doctor.PARSERS
+        | run.PARSERS
+        | approve.PARSERS
+        | apply.PARSERS
+        | deploy.PARSERS
+        | evidence.PARSERS
+        | server.PARSERS
+    )
     for name in COMMANDS:
         adders[name](sub, common)
     return p

@@ -25,7 +25,7 @@ from longrun.cli.common import (
     job_root,
 )
 from longrun.cli.connect import add_ephemeral
-from longrun.errors import LongrunError, exit_code_for
+from longrun.errors import EXIT_CODES, LongrunError, exit_code_for
 
 __all__ = ["PARSERS", "cmd_resume", "cmd_run"]
 
@@ -51,8 +51,12 @@ def _run_flow(
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if not end.completed and end.message.startswith("job_already_running: "):
-        raise LongrunError(end.message.removeprefix("job_already_running: "), code="job_already_running")
+    if not end.completed and end.run is None:
+        # Refused or failed before a run was chosen (another run holds the job, a lost journal, a bad key):
+        # nothing was journaled, so the flow run's message is the whole story.
+        code, _, message = end.message.partition(": ")
+        if code in EXIT_CODES:
+            raise LongrunError(message, code=code)
     record = find_job(root, end.run or job_id or loaded.job_id)
     outcome = record.outcome(run_id=end.flow_run_id)
     journaled = record.state()

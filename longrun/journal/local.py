@@ -86,7 +86,14 @@ class Journal:
         read, and :class:`EventVersionUnsupported` when it is from a newer
         longrun (an old writer never appends to a newer journal).
         """
-        fd = atomicio.open_for_update(self.path)
+        try:
+            fd = atomicio.open_for_update(self.path)
+        except OSError as exc:
+            raise LongrunError(
+                f"{self.path}: the journal cannot be opened for appending ({exc.strerror or exc}); "
+                "nothing was written (see: longrun doctor)",
+                code="journal_unwritable",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longrun import atomicio
-from longrun.errors import JobNotFound
+from longrun.errors import JobNotFound, LongrunError
 from longrun.journal.local import Journal
 from longrun.journal.payloads import RunFailed, RunStarted
 from longrun.journal.runs import RunClaim, list_runs, read_claim, write_run_record
@@ -80,8 +80,21 @@ class JobRecord:
         return replace(loaded, job_id=self.job_id, canonical=text.rstrip("\n"))
 
 
+def _refuse_lost_journal(paths: JobPaths) -> None:
+    """A run with checkpoints or evidence but no journal lost its record: never start it over silently."""
+    if paths.events_file.exists():
+        return
+    if paths.checkpoints.exists() or any(paths.evidence_dir.glob(f"{paths.job_id}.*")):
+        raise LongrunError(
+            f"{paths.events_file} is missing, but the run has checkpoints or evidence: its journal was deleted. "
+            "Restore it (an evidence bundle holds a copy), or start another run with --key",
+            code="journal_missing",
+        )
+
+
 def register(loaded: LoadedSpec, root: Path) -> JobRecord:
     paths = JobPaths(root, loaded.job_id)
+    _refuse_lost_journal(paths)
     atomicio.write_once(paths.spec_file, loaded.canonical + "\n")
     journal = Journal(paths.events_file)
     if journal.state().last_seq == 0:
@@ -110,6 +123,7 @@ def open_run(loaded: LoadedSpec, root: Path, claim: RunClaim) -> JobRecord:
     """The record of run ``claim`` of the job: its spec copy, ``run.json`` and first event (each once)."""
     if claim.legacy:
         return register(loaded, root)
+    _refuse_lost_journal(JobPaths(root, claim.run_id))
     paths = write_run_record(root, claim, loaded.canonical)
     journal = Journal(paths.events_file)
     if journal.state().last_seq == 0:
@@ -231,7 +245,10 @@ def list_jobs(root: Path, *, latest_run: bool = True) -> list[JobRecord]:
 
 
 def record_at(paths: JobPaths) -> JobRecord:
-    state = Journal(paths.events_file).state() if paths.events_file.exists() else None
+    try:
+        state = Journal(paths.events_file).state() if paths.events_file.exists() else None
+    except LongrunError:  # a corrupt journal: found by its id all the same; reading its state says what is wrong
+        state = None
     name = state.name if state and state.name else None
     if name is None and paths.spec_file.exists():
         name = _spec_name(paths)

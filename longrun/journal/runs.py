@@ -37,7 +37,6 @@ from pathlib import Path
 
 from longrun import atomicio
 from longrun.errors import LongrunError
-from longrun.journal.local import Journal
 from longrun.storage.paths import JOB_ID_RE, JobPaths, check_job_id
 
 #: The key shown for a job's first keyless run, stored under the job's own id.
@@ -103,9 +102,7 @@ def list_runs(root: Path, job_id: str) -> list[RunClaim]:
     out: list[RunClaim] = []
     legacy = JobPaths(root, job_id).events_file
     if legacy.is_file():
-        first = next(iter(Journal(legacy).read()), None)
-        opened = first.ts.isoformat() if first is not None else ""
-        out.append(RunClaim(job_id, job_id, FIRST_RUN_KEY, "manual", opened))
+        out.append(RunClaim(job_id, job_id, FIRST_RUN_KEY, "manual", _first_ts(legacy)))
     base = runs_dir(root, job_id)
     if base.is_dir():
         for entry in base.iterdir():
@@ -115,6 +112,21 @@ def list_runs(root: Path, job_id: str) -> list[RunClaim]:
                 except (OSError, ValueError, TypeError):
                     continue  # a claim being written; it shows once complete
     return sorted(out, key=lambda c: (c.opened_at, c.run_id))
+
+
+def _first_ts(journal: Path) -> str:
+    """When a journal began: its first line's ``ts`` (a corrupt journal is reported by whoever reads it)."""
+    try:
+        with open(journal, "rb") as fh:
+            ts = json.loads(fh.readline()).get("ts")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(ts, str):
+        return ""
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        return ""
 
 
 def read_claim(root: Path, run_id: str) -> RunClaim | None:
