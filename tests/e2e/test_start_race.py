@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,22 +28,28 @@ PAIRS = int(os.environ.get("LONGRUN_RACE_PAIRS", "20"))
 SPEC = """
 name: raced
 goal: run once however many start it
-workspace: {path: ws, template: template}
+workspace: {{path: ws, template: template}}
 allowed_tools: [python]
-model_policy: {default: m}
+model_policy: {{default: m}}
 stages:
-  - {id: work, run: [python, -c, "import time; time.sleep(3)"]}
+  - {{id: work, run: [python, -c, "import os, time\\nwhile not os.path.exists('{release}'): time.sleep(0.05)"]}}
 quality_gates:
   required:
-    - {id: ok, kind: command_pass, run: [python, -c, "pass"]}
+    - {{id: ok, kind: command_pass, run: [python, -c, "pass"]}}
 """
 
 
 def _race(root: Path, env: dict) -> tuple[list[subprocess.CompletedProcess], Journal]:
     root.mkdir()
-    spec = write_job(root, SPEC)
+    release = root / "release"
+    spec = write_job(root, SPEC.format(release=release))
     argv = [sys.executable, "-m", "longrun.cli.main", "run", str(spec), "--root", str(root)]
     procs = [subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in (0, 1)]
+    # The stage of whichever start won runs until the other start has ended, so they truly overlap.
+    deadline = time.monotonic() + 180
+    while all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    release.touch()
     results = [subprocess.CompletedProcess(p.args, p.wait(timeout=240), *p.communicate()) for p in procs]
     return results, Journal(JobPaths(root, load_spec(spec).job_id).events_file)
 
