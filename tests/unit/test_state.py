@@ -246,3 +246,22 @@ def test_every_event_type_has_a_fold_handler():
 
     assert set(_HANDLERS) == set(EVENT_TYPES)
     assert all(callable(h) for h in _HANDLERS.values())
+
+
+def test_wall_time_is_the_sum_of_segments_not_the_downtime_after_a_crash():
+    """A SIGKILLed engine writes no end event: its segment closes at its last event, not at the next start."""
+    t0 = datetime(2026, 12, 3, 8, 0, 0, tzinfo=UTC)
+    events = []
+
+    def add(type_: str, payload: dict, at: timedelta) -> None:
+        events.append(build_event(type_, payload, seq=len(events) + 1, job_id="a1b2c3d4e5f6", ts=t0 + at))
+
+    add("job_registered", {"job_id": "a1b2c3d4e5f6", "name": "w", "spec_sha256": "0" * 64, "root": "/r"}, timedelta(0))
+    add("run_started", {"run_id": "r1"}, timedelta(seconds=1))
+    add("iteration_started", {"iteration": 1}, timedelta(seconds=2))
+    add("stage_started", {"iteration": 1, "stage": "s", "model": "m"}, timedelta(seconds=11))  # then SIGKILL
+    # The next morning: resumed 14 hours later, ran 5 seconds.
+    add("run_started", {"run_id": "r2", "resumed": True}, timedelta(hours=14))
+    add("stage_started", {"iteration": 1, "stage": "s", "model": "m", "attempt": 2}, timedelta(hours=14, seconds=5))
+    s = replay(events)
+    assert s.active_seconds == 15.0  # 08:00:01 → 08:00:11, then 22:00:00 → 22:00:05; not 14 hours
