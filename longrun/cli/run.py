@@ -96,8 +96,12 @@ def _print_outcome(outcome: dict[str, Any], out: Out) -> None:
 
 
 def _already_over(record, state, out: Out) -> int | None:
-    """A COMPLETED or REJECTED job runs nothing: report it (and its exit code) without starting Prefect."""
-    if state.status not in ("COMPLETED", "REJECTED"):
+    """A COMPLETED or REJECTED job runs nothing: report it (and its exit code) without starting Prefect.
+
+    Unless its evidence is behind (killed between its end and its bundle): then the
+    flow runs, and the engine builds the bundle and runs the strict check.
+    """
+    if state.status not in ("COMPLETED", "REJECTED") or state.evidence_behind:
         return None
     _print_outcome(record.outcome(), out)
     return STATUS_EXIT[state.status]

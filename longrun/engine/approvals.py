@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from longrun import faults
 from longrun.engine.ports import Wait
 from longrun.engine.session import Session
 from longrun.errors import LongrunError
@@ -85,6 +86,7 @@ def ask(e: Engine, step: str, iteration: int, what: str) -> Decision:
                 "mode": mode,
             },
         )
+        faults.point("approval.requested")
     s.say(
         f"  waiting for approval {step!r} (iteration {iteration}): approve in the Prefect UI"
         + (f" ({where['ui_url']})" if where.get("ui_url") else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from longrun import faults
 from longrun.engine import approvals
 from longrun.governance.policy import judge_iteration
 from longrun.journal.payloads import escalation_step
@@ -44,5 +45,6 @@ def conclude(e: Engine, iteration: int) -> bool:
                 if approvals.ask(e, a.step_name, iteration, "complete the job: all required gates passed") != "approved":
                     return False
         s.emit("run_completed", {"iteration": iteration, "reason": verdict.reason})
+        faults.point("run.completed")
         s.say(f"completed after {iteration} iteration(s): {verdict.reason}")
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from longrun import faults
 from longrun.engine import approvals
 from longrun.engine.children import register_children
 from longrun.engine.report import gate_line, gate_payload, skipped_stage, stage_from_journal, stage_line, stage_payload
@@ -73,6 +74,7 @@ def run_iteration(e: Engine, iteration: int) -> bool:
     if s.state.open_iteration == iteration:
         passed = judge_iteration(s.state, iteration, e.plan.gates, rt.spec.on_failure).gates_passed
         s.emit("iteration_finished", {"iteration": iteration, "gates_passed": passed, "fingerprint": ckpt.fingerprint})
+        faults.point("iteration.finished")
     if rt.workdir is not None:
         worktree.commit_all(rt.workdir, f"longrun {rt.job_id}: iteration {iteration}")
     s.say(f"  checkpoint   {rt.paths.iteration_dir(iteration)}")
@@ -107,6 +109,7 @@ def _stage(
         now = ws.snapshot(rt.workspace)
         outside = scope_violations(ws.changed(rt.workspace, start_tree, now), rt.spec.scope_paths) if now else []
     s.emit("stage_finished", stage_payload(result, outside))
+    faults.point("stage.finished")
     s.say(stage_line(result) + (f"  OUT OF SCOPE: {', '.join(outside)}" if outside else ""))
     return result
 
@@ -133,7 +136,9 @@ def _attempts(e: Engine, stage: PlannedStage, iteration: int) -> StageResult | N
                 "stage_started",
                 {"iteration": iteration, "stage": stage.id, "attempt": attempt, "phase": stage.phase, "model": stage.model},
             )
+            faults.point("stage.started")
             result = s.ports.executor.run_stage(s.rt, stage, iteration, attempt)
+            faults.point("stage.recorded")
         if result.rate_limit is not None:
             if not e.rate_limit_wait(result):
                 return None
@@ -173,7 +178,9 @@ def _gate(e: Engine, pg: PlannedGate, iteration: int, inp: GateInput) -> GateRes
                 code="checkpoint_missing",
             )
         return record
+    faults.point("gate.before")
     g = s.ports.executor.evaluate_gate(s.rt, pg, iteration, inp)
+    faults.point("gate.recorded")
     s.emit("gate_evaluated", gate_payload(g))
     s.say(gate_line(g))
     return g
@@ -191,6 +198,7 @@ def _checkpoint(e: Engine, iteration: int, stages: list[StageResult], gates: lis
             )
         return record
     ckpt = s.ports.executor.write_checkpoint(rt, iteration, stages, gates, patch, s.state.usd_total, s.state.tokens_total)
+    faults.point("checkpoint.files")
     s.emit("checkpoint_written", {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests})
     return ckpt
 

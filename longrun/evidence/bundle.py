@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from longrun import atomicio
+from longrun import atomicio, faults
 from longrun.errors import EvidenceMissing, LongrunError
 from longrun.evidence.layout import (
     CHECKPOINTS_MEMBER,
@@ -165,6 +165,7 @@ def build_bundle(
                 for src in sources:
                     subjects.append(_add_member(tar, src))
     bundle = {"name": tar_path.name, "sha256": out.hexdigest(), "size": out.size}
+    faults.point("evidence.tar")
 
     created = events[-1].ts if now_from_journal else clock()
     # The journal's chain head, outside the journal: a deleted tail no longer matches it.

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from longrun import faults
 from longrun.errors import LongrunError
 
 __all__ = ["PruneResult", "parse_age", "prune_job"]
@@ -66,6 +67,10 @@ class PruneResult:
     freed_bytes: int = 0
     skipped: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Directories to remove once the prune is journaled.
+    remove: list[Path] = field(default_factory=list)
+    #: Only files of iterations an interrupted prune already journaled are left to remove.
+    leftovers: bool = False
 
     @property
     def changed(self) -> bool:
@@ -133,10 +138,14 @@ def prune_job(
         _prune_checkpoints(result, root, state, keep_last, dry_run)
     elif any(p.name.isdigit() for p in record.paths.checkpoints.glob("*")):
         result.notes.append(f"checkpoints kept: a {status} job can still be resumed")
-    if result.changed and not dry_run:
+    if result.changed and not dry_run and not result.leftovers:
+        # Journaled first (write-ahead): a crash while removing leaves the journal saying what is gone,
+        # so verify checks those iterations in the bundle only, and the next prune removes what is left.
         record.journal.append(
             "pruned", {"iterations": result.iterations, "worktree": result.worktree, "by": by}, job_id=record.job_id
         )
+    if not dry_run:
+        _remove(result.remove)
     return result
 
 
@@ -195,9 +204,18 @@ def _prune_checkpoints(result: PruneResult, root: Path, state: Any, keep_last: i
         for target in (paths.iteration_dir(it), paths.results_meta / result.job_id / str(it)):
             if target.exists():
                 result.freed_bytes += _du(target)
-                if not dry_run:
-                    shutil.rmtree(target)
-    result.iterations = candidates
+                result.remove.append(target)
+    # Iterations a crashed prune already journaled are only cleaned up, not journaled again.
+    result.iterations = [it for it in candidates if it not in set(state.pruned_iterations)]
+    result.leftovers = bool(result.remove) and not result.iterations
+
+
+def _remove(targets: list[Path]) -> None:
+    for i, target in enumerate(targets):
+        if target.exists():
+            shutil.rmtree(target)
+        if i == 0:
+            faults.point("prune.removing")
 
 
 def _du(path: Path) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from longrun import faults
 from longrun.errors import EvidenceStoreInvalid, LongrunError
 from longrun.evidence.bundle import BundleResult, build_bundle
 from longrun.evidence.verify import load_bundle, verify
@@ -106,6 +107,7 @@ def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: E
         },
         job_id=job_id,
     )
+    faults.point("evidence.built")
     if store_ref is None:
         return EvidenceOutcome(bundle, "local")
     return _upload(root, bundle, store_ref, journal)
