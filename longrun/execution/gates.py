@@ -15,6 +15,7 @@ alone never passes a test gate.
 from __future__ import annotations
 
 import fnmatch
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +76,9 @@ def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInpu
 def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[bool, dict[str, Any]]:
     check_tool(rt, gate.run, gate.shell, f"gate {gate.id!r}")
     it_dir = rt.paths.iteration_dir(iteration)
-    env = rt.base_env(iteration, extra=gate.env)
-    env.update({"LONGRUN_GATE": gate.id, "LONGRUN_STAGE": f"gate:{gate.id}"})
     extra: dict[str, str] = {}
+    junit_env: dict[str, str] = {}
+    writable: list[Path] = []
     junit: Path | None = None
     if isinstance(gate, TestPassGate):
         if gate.junit_xml is not None:
@@ -86,19 +87,24 @@ def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[b
             junit = (it_dir / "junit" / f"{gate.id}.xml").resolve()
         atomicio.remove(junit)
         junit.parent.mkdir(parents=True, exist_ok=True)
-        env["LONGRUN_JUNIT_XML"] = str(junit)
+        writable.append(junit.parent)
+        junit_env["LONGRUN_JUNIT_XML"] = str(junit)
         extra["junit_xml"] = str(junit)
-    argv = expand_argv(gate.run, argv_values(rt, iteration, extra))
+    argv = expand_argv(gate.run, argv_values(rt, iteration, extra), shell=gate.shell)
     log = it_dir / "command.log"
-    result = run_command(
-        argv,
-        cwd=rt.workspace,
-        env=env,
-        timeout=gate.timeout or rt.spec.defaults.timeout,
-        log_path=log,
-        shell=gate.shell,
-        header=f"gate {gate.id} #{iteration}",
-    )
+    with tempfile.TemporaryDirectory(prefix="longrun-tmp-") as tmpdir:
+        env = rt.base_env(iteration, extra=gate.env, passthrough=gate.env_passthrough, tmpdir=tmpdir)
+        env.update({"LONGRUN_GATE": gate.id, "LONGRUN_STAGE": f"gate:{gate.id}", **junit_env})
+        result = run_command(
+            argv,
+            cwd=rt.workspace,
+            env=env,
+            timeout=gate.timeout or rt.spec.defaults.timeout,
+            log_path=log,
+            shell=gate.shell,
+            header=f"gate {gate.id} #{iteration}",
+            sandbox=rt.sandbox_plan(iteration, (*writable, Path(tmpdir))),
+        )
     evidence: dict = {
         "exit_code": result.exit_code,
         "timed_out": result.timed_out,

@@ -11,6 +11,8 @@ be in ``allowed_tools``; otherwise it is refused before anything runs.
 from __future__ import annotations
 
 import re
+import shlex
+import tempfile
 from pathlib import Path
 
 from longrun import atomicio
@@ -23,17 +25,26 @@ from longrun.spec.compile import PlannedStage
 
 def check_tool(rt: JobRuntime, argv: tuple[str, ...] | list[str], shell: bool, where: str) -> None:
     allowed = set(rt.spec.allowed_tools)
+    if shell and not rt.spec.allow_shell:
+        raise ToolNotAllowed(f"{where}: shell: true needs allow_shell: true in the spec; nothing was run")
     if argv[0] in allowed or (shell and "sh" in allowed):
         return
     raise ToolNotAllowed(f"{where}: {argv[0]!r} is not in allowed_tools {sorted(allowed)}; nothing was run")
 
 
-def expand_argv(argv: tuple[str, ...] | list[str], values: dict[str, str]) -> list[str]:
-    """Substitute the fixed placeholders (``{junit_xml}`` …); nothing else is expanded."""
+def expand_argv(argv: tuple[str, ...] | list[str], values: dict[str, str], *, shell: bool = False) -> list[str]:
+    """Substitute the fixed placeholders (``{junit_xml}`` …); nothing else is expanded.
+
+    With ``shell`` a value that lands in shell script text (``run[1]`` of
+    ``[sh|bash, script, ...]``) goes in quoted (``shlex.quote``), so it is one
+    word however it is spelled; values in other elements stay separate argv
+    elements (and ``build_argv`` quotes a joined script with ``shlex.join``).
+    """
+    script_index = 1 if shell and argv and argv[0] in ("sh", "bash") else None
     out = []
-    for arg in argv:
+    for i, arg in enumerate(argv):
         for key, value in values.items():
-            arg = arg.replace("{" + key + "}", value)
+            arg = arg.replace("{" + key + "}", shlex.quote(value) if i == script_index else value)
         out.append(arg)
     return out
 
@@ -56,32 +67,37 @@ def run_stage(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int)
     usage_file = it_dir / "usage" / f"{stage.id}.json"
     atomicio.remove(usage_file)
     usage_file.parent.mkdir(parents=True, exist_ok=True)
+    spawn_dir = it_dir / "spawn"
     pid_file = it_dir / "running" / f"{stage.id}.pgid"
-    env = rt.base_env(iteration, extra=dict(stage.env))
-    env.update(
-        {
-            "LONGRUN_STAGE": stage.id,
-            "LONGRUN_PHASE": stage.phase or "",
-            "LONGRUN_MODEL": stage.model,
-            "LONGRUN_ATTEMPT": str(attempt),
-            "LONGRUN_USAGE_FILE": str(usage_file.resolve()),
-        }
-    )
     # A stage orphaned by an engine that was SIGKILLed must not race its rerun.
     kill_stale_group(
         pid_file, match_env={"LONGRUN_JOB_ID": rt.job_id, "LONGRUN_STAGE": stage.id, "LONGRUN_ITERATION": str(iteration)}
     )
-    argv = expand_argv(stage.argv, argv_values(rt, iteration))
-    result = run_command(
-        argv,
-        cwd=rt.workspace,
-        env=env,
-        timeout=stage.timeout,
-        log_path=it_dir / "command.log",
-        shell=stage.shell,
-        header=f"stage {stage.id} #{iteration} attempt {attempt}",
-        pid_file=pid_file,
-    )
+    argv = expand_argv(stage.argv, argv_values(rt, iteration), shell=stage.shell)
+    with tempfile.TemporaryDirectory(prefix="longrun-tmp-") as tmpdir:
+        env = rt.base_env(iteration, extra=dict(stage.env), passthrough=stage.env_passthrough, tmpdir=tmpdir)
+        env.update(
+            {
+                "LONGRUN_STAGE": stage.id,
+                "LONGRUN_PHASE": stage.phase or "",
+                "LONGRUN_MODEL": stage.model,
+                "LONGRUN_ATTEMPT": str(attempt),
+                "LONGRUN_USAGE_FILE": str(usage_file.resolve()),
+            }
+        )
+        if rt.sandboxed:
+            spawn_dir.mkdir(parents=True, exist_ok=True)  # a bind mount needs its directory
+        result = run_command(
+            argv,
+            cwd=rt.workspace,
+            env=env,
+            timeout=stage.timeout,
+            log_path=it_dir / "command.log",
+            shell=stage.shell,
+            header=f"stage {stage.id} #{iteration} attempt {attempt}",
+            pid_file=pid_file,
+            sandbox=rt.sandbox_plan(iteration, (usage_file.parent, spawn_dir, Path(tmpdir))),
+        )
     usage = _usage(rt, stage, usage_file, it_dir / "command.log", result)
     record = StageResult(
         job_id=rt.job_id,

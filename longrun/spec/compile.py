@@ -41,6 +41,7 @@ class PlannedStage:
     retry: RetryPolicy
     depends_on: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    env_passthrough: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def compile_spec(spec: JobSpec) -> ExecutionPlan:
                 retry=st.retry or spec.defaults.retry,
                 depends_on=tuple(st.depends_on),
                 env=tuple(sorted(st.env.items())),
+                env_passthrough=tuple(st.env_passthrough),
             )
         )
     gates = [PlannedGate(g, True) for g in spec.quality_gates.required]

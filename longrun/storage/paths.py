@@ -9,6 +9,7 @@ Layout under the job root (``--root``, default: the current directory)::
       checkpoints/<jobId>/<iter>/   plan-diff.md, patch.diff, command.log,
                                     test-report.json, summary.md (+ records)
       results/                      Prefect result-record metadata (cache keys)
+      home/<jobId>/                 HOME of the job's stages and command gates
       STOP                          root-wide stop file (stops every job)
 
 No path from a spec may escape its base: ``..``, absolute paths and symlinks
@@ -99,6 +100,11 @@ class JobPaths:
     @property
     def evidence_dir(self) -> Path:
         return self.maestro / "evidence"
+
+    @property
+    def home_dir(self) -> Path:
+        """``HOME`` of the job's stages and command gates (writable inside the sandbox)."""
+        return self.maestro / "home" / self.job_id
 
     @property
     def worktree_dir(self) -> Path:
