@@ -5,7 +5,9 @@
 gate's ``junit_xml``); the report has no failures or errors and at least one
 test ran, or, with ``min_pass_rate``, its pass rate reaches it. The exit code
 alone never passes a test gate.
-``file_changed``: a path in the iteration's diff matches the glob.
+``file_changed``: a path in the iteration's diff matches the glob, by path
+segments (:func:`glob_match`: ``*`` and ``?`` never cross ``/``, ``**`` is any
+number of directories).
 ``artifact_exists``: the path exists inside the workspace.
 ``approval``: never passes by itself (approval events resolve it).
 ``scope`` (implicit, see ``longrun.spec.compile.ScopeGate``): nothing changed outside
@@ -14,7 +16,7 @@ alone never passes a test gate.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,6 +44,44 @@ class GateInput:
     out_of_scope: tuple[str, ...] = ()
 
 
+def _segment_regex(seg: str) -> str:
+    out, i = [], 0
+    while i < len(seg):
+        c = seg[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (j := seg.find("]", i + 2)) != -1:
+            inner = seg[i + 1 : j]
+            inner = "^" + inner[1:] if inner.startswith("!") else inner
+            out.append("(?!/)[" + inner.replace("\\", "\\\\") + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """Whether the POSIX ``path`` matches ``pattern`` segment by segment.
+
+    ``*`` matches within one segment, ``?`` one character of it, ``[...]`` a
+    class (``[!...]`` negated); a whole segment ``**`` matches any number of
+    segments, none included (``src/**/*.py`` matches ``src/a.py`` and
+    ``src/x/y/a.py``; a trailing ``**`` matches everything below).
+    """
+    parts = pattern.split("/")
+    rx = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            rx += ".*" if last else "(?:[^/]+/)*"
+        else:
+            rx += _segment_regex(part) + ("" if last else "/")
+    return re.fullmatch(rx, path, flags=re.DOTALL) is not None
+
+
 def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInput) -> GateResult:
     started = time.monotonic()
     gate = pg.gate
@@ -50,7 +90,7 @@ def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInpu
     if isinstance(gate, _CommandGate):
         passed, evidence = _command_gate(rt, gate, iteration)
     elif isinstance(gate, FileChangedGate):
-        matched = sorted(p for p in inp.changed_paths if fnmatch.fnmatch(p, gate.pattern))
+        matched = sorted(p for p in inp.changed_paths if glob_match(p, gate.pattern))
         passed, evidence = bool(matched), {"pattern": gate.pattern, "matched": matched}
     elif isinstance(gate, ArtifactExistsGate):
         target = safe_join(rt.workspace, gate.path, what=f"gate {gate.id} path")
@@ -114,7 +154,7 @@ def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[b
     if not isinstance(gate, TestPassGate) or junit is None:
         return result.ok, evidence
     try:
-        report = parse_junit(junit)
+        report = parse_junit(junit, base=rt.workspace if gate.junit_xml is not None else it_dir.resolve())
     except LongrunError as exc:
         report = empty_report(f"{exc.code}: {exc.message}", source=str(junit))
     evidence["report"] = report

@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from longrun.spec.checks import cross_check
+from longrun.spec.cron import check_cron, check_timezone
 
 SPEC_VERSION = "longrun/v1"
 
@@ -275,19 +275,13 @@ class Schedule(_Model):
 
     @field_validator("cron")
     @classmethod
-    def _cron_fields(cls, v: str) -> str:
-        if len(v.split()) != 5:
-            raise ValueError("cron needs 5 fields: minute hour day-of-month month day-of-week")
-        return v
+    def _cron(cls, v: str) -> str:
+        return check_cron(v)
 
     @field_validator("timezone")
     @classmethod
     def _iana(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError, IsADirectoryError):
-            raise ValueError(f"{v!r} is not an IANA time zone") from None
-        return v
+        return check_timezone(v)
 
 
 class Workspace(_Model):
