@@ -161,6 +161,10 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool | None):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a mapping key must be a plain scalar, not a {type(key).__name__}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
@@ -176,8 +180,9 @@ def _limit_problem(data: Any) -> str | None:
     Walks the value once, iteratively, and stops at the first problem, so a
     "billion laughs" of aliases or a self-referencing alias costs at most
     ``MAX_SPEC_NODES`` steps: more values than that, nesting deeper than
-    ``MAX_SPEC_DEPTH``, or a string that is not valid Unicode (a lone
-    surrogate from a ``\\ud800`` escape).
+    ``MAX_SPEC_DEPTH``, a string that is not valid Unicode (a lone surrogate
+    from a ``\\ud800`` escape), or a value JSON cannot hold (bytes, dates,
+    sets from YAML tags).
     """
     stack: list[tuple[Any, int]] = [(data, 0)]
     seen = 0
@@ -197,6 +202,8 @@ def _limit_problem(data: Any) -> str | None:
             stack.extend((x, depth + 1) for pair in value.items() for x in pair)
         elif isinstance(value, list):
             stack.extend((x, depth + 1) for x in value)
+        elif value is not None and not isinstance(value, (bool, int, float)):
+            return f"a value of YAML type {type(value).__name__} (from a tag such as !!binary or !!timestamp); use plain strings"
     return None
 
 
