@@ -22,7 +22,7 @@ from longrun.workspace import gitutil, worktree
 from longrun.workspace.gitutil import GitTrees
 
 
-def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> None:
+def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None, *, probe_sandbox: bool = True) -> None:
     """Refuse bad input before anything runs: paths, workspace, template, evidence store.
 
     The CLI calls it before Prefect starts, and the flow before its run
@@ -30,13 +30,15 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
     Both call it only for a job that will run: a ``COMPLETED``/``REJECTED``
     job is reported as it is, whatever its workspace looks like now.
     ``template_base`` is the spec file's directory (None: the spec has no
-    file, e.g. a resumed job).
+    file, e.g. a resumed job). ``probe_sandbox=False`` (``deploy``: the
+    stages will run on a worker, not here) skips the bubblewrap check; the
+    flow makes it on the worker before its first stage.
     """
     problems = check_spec_paths(loaded.spec, root)
     if problems:
         raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
     check_store_ref(loaded.spec.evidence.store, root)
-    check_sandbox(loaded.spec, root)
+    check_sandbox(loaded.spec, root, probe=probe_sandbox)
     workspace, template = _workspace_and_template(loaded, root, template_base)
     if template is not None:
         if not template.is_dir():
@@ -52,7 +54,7 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
             )
 
 
-def check_sandbox(spec: JobSpec, root: Path, now: datetime | None = None) -> Waiver | None:
+def check_sandbox(spec: JobSpec, root: Path, now: datetime | None = None, *, probe: bool = True) -> Waiver | None:
     """Refuse a run whose sandbox cannot be had; return the waiver that lets ``sandbox: none`` run strict.
 
     Sandboxed (the default): ``bwrap`` must build a sandbox here, else
@@ -63,7 +65,8 @@ def check_sandbox(spec: JobSpec, root: Path, now: datetime | None = None) -> Wai
     opt-out is journaled in ``run_started``).
     """
     if spec.sandbox != "none":
-        check_bwrap()
+        if probe:
+            check_bwrap()
         return None
     if spec.mode != "strict":
         return None

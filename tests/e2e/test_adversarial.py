@@ -126,6 +126,8 @@ quality_gates:
 def test_the_attack_ran_and_the_job_completed(attack):
     assert attack["out"]["status"] == "COMPLETED", attack["out"]
     assert attack["attempts"]["plant_git"] == "ok"  # the plants are in place: the engine's git met them
+    started = [e for e in Journal(attack["paths"].events_file).read() if e.type == "run_started"]
+    assert [e.payload.sandbox for e in started] == ["bwrap"]  # the sandbox is journaled
 
 
 def test_planting_git_fsmonitor_hooks_and_filters_runs_nothing_in_the_engine(attack):
