@@ -204,3 +204,73 @@ def test_sandbox_none_in_strict_mode_is_refused_without_a_waiver_and_journaled_w
     waiver.parent.mkdir(parents=True)
     waiver.write_text(json.dumps({"reason": "legacy agent", "expires_at": "2999-01-01T00:00:00Z", "approved_by": "lead"}))
     assert check_sandbox(spec, tmp_path, datetime.now(UTC)).approved_by == "lead"
+
+
+WORKTREE_STAGE = r"""
+import json, os, pathlib, subprocess, sys
+main = pathlib.Path(sys.argv[1])
+out = {"cwd": os.getcwd()}
+pathlib.Path("made.txt").write_text("by the stage\n")
+# git works in the sandboxed worktree: its index and objects live in the main repo's .git
+r = subprocess.run(["git", "-c", "user.name=s", "-c", "user.email=s@s", "add", "made.txt"], capture_output=True, text=True)
+out["git_add"] = r.returncode
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except Exception as exc:
+        out[name] = f"{type(exc).__name__}: {exc}"
+attempt("main_tree", lambda: (main / "intruder.txt").write_text("x"))
+attempt("main_hook", lambda: (main / ".git" / "hooks" / "post-checkout").write_text("#!/bin/sh\n"))
+attempt("main_config", lambda: open(main / ".git" / "config", "a").write("[core]\n\tfsmonitor = /bin/true\n"))
+spawn = pathlib.Path(os.environ["LONGRUN_SPAWN_DIR"])
+(spawn / "child.yaml").write_text(
+    "name: spawned\ngoal: g\nworkspace: {path: ws}\nallowed_tools: [python]\nmodel_policy: {default: m}\n"
+    "stages: [{id: a, run: [python, -c, pass]}]\n"
+)
+# HOME is the job's own directory, writable, kept after the run (the worktree is removed)
+pathlib.Path(os.environ["HOME"], "attempts.json").write_text(json.dumps(out))
+"""
+
+
+def test_a_sandboxed_worktree_stage_commits_through_git_spawns_a_child_and_cannot_touch_the_main_tree(prefect_server, tmp_path):
+    from longrun.flows.job import job_flow
+    from longrun.journal.registry import find_job
+
+    ws = tmp_path / "ws"
+    spec = write_job(
+        tmp_path,
+        f"""
+name: isolated-sandboxed
+goal: work in a worktree under the sandbox
+workspace: {{path: ws, template: template}}
+isolation: worktree
+sandbox: {{network: false}}
+allowed_tools: [python]
+model_policy: {{default: m}}
+stages:
+  - {{id: edit, run: [python, stage.py, "{ws}"]}}
+quality_gates:
+  required:
+    - {{id: made, kind: artifact_exists, path: made.txt}}
+""",
+        {"stage.py": WORKTREE_STAGE},
+    )
+    loaded = load_spec(spec)
+    out = job_flow(loaded)(spec=json.loads(loaded.canonical), root=str(tmp_path), source=str(loaded.source))
+    assert out["status"] == "COMPLETED", out
+    paths = JobPaths(tmp_path, out["job_id"])
+    patch = next((paths.checkpoints / "patches").glob("*.patch")).read_text()
+    attempts = json.loads((paths.home_dir / "attempts.json").read_text())
+    assert attempts["cwd"] == str(paths.worktree_dir.resolve())
+    assert attempts["git_add"] == 0
+    for name in ("main_tree", "main_hook", "main_config"):
+        assert "Read-only file system" in attempts[name], (name, attempts[name])
+    assert not (ws / "intruder.txt").exists()
+    assert "fsmonitor" not in (ws / ".git" / "config").read_text()
+    assert "+by the stage" in patch
+    started = [e for e in Journal(paths.events_file).read() if e.type == "run_started"]
+    assert [e.payload.sandbox for e in started] == ["bwrap-no-network"]
+    child = [e for e in Journal(paths.events_file).read() if e.type == "child_spawned"]
+    assert len(child) == 1 and child[0].payload.name == "spawned"
+    assert find_job(tmp_path, child[0].payload.child_job_id).job_id == child[0].payload.child_job_id

@@ -84,7 +84,7 @@ def dump(doc) -> bytes:
 
 
 SMALL = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-LARGE = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+LARGE = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
 def _schema_docs(tmp_path_factory, capsys, doc):
@@ -177,6 +177,7 @@ def test_the_installed_command_exits_2_with_job_invalid_spec(tmp_path, case):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 0.3 s per generated spec: beyond the suite's 300 s per test
 @LARGE
 @given(
     doc=from_schema(SCHEMA),
