@@ -70,21 +70,13 @@ class JobRuntime:
         """Whether stages and command gates run under bubblewrap (``sandbox`` is not ``none``)."""
         return self.spec.sandbox != "none"
 
-    def extra_env_names(self) -> tuple[str, ...]:
-        """Names passed through to every command besides the spec's ``env_passthrough``.
-
-        The seam for names that come from elsewhere than the spec's own lists
-        (an agent preset's API key variables): they reach
-        :func:`longrun.execution.environment.stage_environment` as ``extra_names``.
-        """
-        return ()
-
     def base_env(
         self,
         iteration: int,
         extra: dict[str, str] | None = None,
         *,
         passthrough: tuple[str, ...] | list[str] = (),
+        extra_names: tuple[str, ...] = (),
         tmpdir: str,
     ) -> dict[str, str]:
         """The environment every stage and gate command gets (SPEC E2).
@@ -92,9 +84,10 @@ class JobRuntime:
         Not the engine's environment: the allowlist of
         :func:`~longrun.execution.environment.stage_environment`, the names
         the command (``passthrough``) and ``defaults.env_passthrough`` pass
-        through, ``HOME`` (the per-job directory) and ``TMPDIR``, then
-        ``extra`` (the spec's ``env``), then the ``LONGRUN_*`` variables, so
-        nothing can override them.
+        through, ``extra_names`` (names from other sources than the spec's
+        lists, see ``PlannedStage.extra_env_names``), ``HOME`` (the per-job
+        directory) and ``TMPDIR``, then ``extra`` (the spec's ``env``), then the
+        ``LONGRUN_*`` variables, so nothing can override them.
         """
         prev = self.paths.iteration_dir(iteration - 1) if iteration > 1 else None
         home = self.paths.home_dir.resolve()
@@ -102,7 +95,7 @@ class JobRuntime:
         env = stage_environment(
             extra or {},
             [*self.spec.defaults.env_passthrough, *passthrough],
-            self.extra_env_names(),
+            extra_names,
             home=str(home),
             tmpdir=tmpdir,
         )

@@ -75,7 +75,13 @@ def run_stage(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int)
     )
     argv = expand_argv(stage.argv, argv_values(rt, iteration), shell=stage.shell)
     with tempfile.TemporaryDirectory(prefix="longrun-tmp-") as tmpdir:
-        env = rt.base_env(iteration, extra=dict(stage.env), passthrough=stage.env_passthrough, tmpdir=tmpdir)
+        env = rt.base_env(
+            iteration,
+            extra=dict(stage.env),
+            passthrough=stage.env_passthrough,
+            extra_names=stage.extra_env_names,
+            tmpdir=tmpdir,
+        )
         env.update(
             {
                 "LONGRUN_STAGE": stage.id,

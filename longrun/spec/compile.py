@@ -42,6 +42,11 @@ class PlannedStage:
     depends_on: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     env_passthrough: tuple[str, ...] = ()
+    #: Environment names passed through besides ``env_passthrough`` and
+    #: ``defaults.env_passthrough``: the seam for names that come from elsewhere
+    #: (an agent preset's API key variables, issue 14). They reach
+    #: ``longrun.execution.environment.stage_environment`` as ``extra_names``.
+    extra_env_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
