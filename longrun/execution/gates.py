@@ -154,7 +154,7 @@ def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[b
     if not isinstance(gate, TestPassGate) or junit is None:
         return result.ok, evidence
     try:
-        report = parse_junit(junit, base=rt.workspace if gate.junit_xml is not None else it_dir.resolve())
+        report = parse_junit(junit, base=(rt.workspace if gate.junit_xml is not None else it_dir).resolve())
     except LongrunError as exc:
         report = empty_report(f"{exc.code}: {exc.message}", source=str(junit))
     evidence["report"] = report

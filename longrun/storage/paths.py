@@ -135,8 +135,10 @@ def open_nofollow(path: Path, *, base: Path | None = None) -> int:
         parts: tuple[str, ...] = (str(path),)
         dir_fd = None
     else:
-        rel = path.relative_to(base)
-        parts = rel.parts
+        try:
+            parts = path.relative_to(base).parts
+        except ValueError:
+            raise PathEscape(f"{path} is not below {base}; refused") from None
         dir_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         for i, part in enumerate(parts):
