@@ -15,6 +15,7 @@ Everything else (:func:`write_once`, :func:`touch`, :func:`remove`,
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from longrun.errors import SpecImmutable
+from longrun.errors import PathEscape, SpecImmutable
 
 __all__ = [
     "append_line",
@@ -208,7 +209,7 @@ def append_line(fd_or_path: int | PathLike, line: bytes) -> None:
         return
     target = Path(fd_or_path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+    fd = _open_nofollow(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         _write_all_once(fd, bytes(line))
         os.fsync(fd)
@@ -225,10 +226,20 @@ def _write_all_once(fd: int, data: bytes) -> None:
 
 
 def open_append(path: PathLike) -> BinaryIO:
-    """Open ``path`` for binary append (creating it and its parents)."""
+    """Open ``path`` for binary append (creating it and its parents); a symlink is refused (``path_escape``)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return open(target, "ab")
+    return os.fdopen(_open_nofollow(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
+
+
+def _open_nofollow(target: Path, flags: int) -> int:
+    """``os.open`` with ``O_NOFOLLOW``: appends and updates never write through a planted symlink."""
+    try:
+        return os.open(target, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PathEscape(f"{target} is a symlink; longrun does not write through symlinks") from None
+        raise
 
 
 def open_for_update(path: PathLike) -> int:
@@ -239,8 +250,7 @@ def open_for_update(path: PathLike) -> int:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, _FILE_MODE)
-    return fd
+    return _open_nofollow(target, os.O_RDWR | os.O_APPEND | os.O_CREAT)
 
 
 def truncate(fd: int, size: int) -> None:

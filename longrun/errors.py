@@ -26,6 +26,9 @@ Raised as plain ``LongrunError(code=...)`` where no handler needs a subclass:
 ``usage_invalid``, ``usage_missing`` (a stage with ``usage.required`` printed no
 usage), ``usage_unpriced`` (a token-only tool used a model with no price),
 ``prompt_missing``, ``prompt_invalid`` (an agent's ``prompt_file``), ``junit_missing``, ``junit_invalid``, ``git_failed``,
+``git_timeout`` (a git call on the workspace ran past its timeout and was killed),
+``sandbox_unavailable`` (bubblewrap is missing or cannot create a sandbox here),
+``sandbox_required`` (``sandbox: none`` in ``strict`` mode without a valid waiver),
 ``workspace_exists``, ``workspace_missing``, ``template_not_found``,
 ``run_crashed``, ``prefect_unavailable`` (no Prefect server could be reached or
 started; nothing ran), ``checkpoint_missing`` (the journal names a record the
@@ -197,6 +200,8 @@ EXIT_CODES: dict[str, int | None] = {
     "deployment_not_found": _BAD,
     "deployment_ambiguous": _BAD,
     "deployment_not_longrun": _BAD,
+    "sandbox_unavailable": _BAD,
+    "sandbox_required": _BAD,
     # failures
     "journal_corrupt": _FAIL,
     "event_version_unsupported": _FAIL,
@@ -206,6 +211,7 @@ EXIT_CODES: dict[str, int | None] = {
     "prompt_missing": _FAIL,
     "prompt_invalid": _FAIL,
     "git_failed": _FAIL,
+    "git_timeout": _FAIL,
     "run_crashed": _FAIL,
     "prefect_api_error": _FAIL,
     "record_invalid": _FAIL,

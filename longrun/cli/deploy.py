@@ -140,7 +140,7 @@ def cmd_deploy(args: argparse.Namespace, out: Out) -> int:
 
     root = job_root(args)
     loaded = load_spec(args.path)
-    preflight(loaded, root, loaded.source.parent if loaded.source else None)
+    preflight(loaded, root, loaded.source.parent if loaded.source else None, probe_sandbox=False)
     try:
         plan = plan_deployment(
             loaded, root, name=args.name, concurrency_limit=args.concurrency, collision_strategy=args.collision_strategy

@@ -6,19 +6,23 @@ deployment run refuses the same things ``longrun run`` does.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from longrun.errors import EvidenceStoreInvalid, LongrunError, PathEscape
 from longrun.execution.runtime import JobRuntime
+from longrun.execution.sandbox import check_bwrap
 from longrun.governance.scope import check_spec_paths
+from longrun.governance.waiver import Waiver, check_waiver, load_waiver
 from longrun.spec.loader import LoadedSpec
+from longrun.spec.models import JobSpec
 from longrun.storage import check_store_ref, resolve_store
 from longrun.storage.paths import JobPaths, safe_join
 from longrun.workspace import gitutil, worktree
 from longrun.workspace.gitutil import GitTrees
 
 
-def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> None:
+def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None, *, probe_sandbox: bool = True) -> None:
     """Refuse bad input before anything runs: paths, workspace, template, evidence store.
 
     The CLI calls it before Prefect starts, and the flow before its run
@@ -26,12 +30,15 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
     Both call it only for a job that will run: a ``COMPLETED``/``REJECTED``
     job is reported as it is, whatever its workspace looks like now.
     ``template_base`` is the spec file's directory (None: the spec has no
-    file, e.g. a resumed job).
+    file, e.g. a resumed job). ``probe_sandbox=False`` (``deploy``: the
+    stages will run on a worker, not here) skips the bubblewrap check; the
+    flow makes it on the worker before its first stage.
     """
     problems = check_spec_paths(loaded.spec, root)
     if problems:
         raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
     check_store_ref(loaded.spec.evidence.store, root)
+    check_sandbox(loaded.spec, root, probe=probe_sandbox)
     workspace, template = _workspace_and_template(loaded, root, template_base)
     if template is not None:
         if not template.is_dir():
@@ -45,6 +52,36 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Non
                 f"workspace {workspace} has uncommitted changes; isolation: worktree starts only from a clean tree",
                 code="workspace_dirty",
             )
+
+
+def check_sandbox(spec: JobSpec, root: Path, now: datetime | None = None, *, probe: bool = True) -> Waiver | None:
+    """Refuse a run whose sandbox cannot be had; return the waiver that lets ``sandbox: none`` run strict.
+
+    Sandboxed (the default): ``bwrap`` must build a sandbox here, else
+    ``sandbox_unavailable``, naming the package and the opt-out.
+    ``sandbox: none`` in ``strict`` mode needs a valid, unexpired waiver
+    (``.maestro/waivers/longrun.json``) present before the run starts, else
+    ``sandbox_required``. Advisory ``sandbox: none`` runs as it is (the
+    opt-out is journaled in ``run_started``).
+    """
+    if spec.sandbox != "none":
+        if probe:
+            check_bwrap()
+        return None
+    if spec.mode != "strict":
+        return None
+    try:
+        waiver = load_waiver(root)
+        if waiver is not None:
+            return check_waiver(waiver, now or datetime.now(UTC))
+        why = "no waiver"
+    except LongrunError as exc:
+        why = f"the waiver does not count ({exc.code}: {exc.message})"
+    raise LongrunError(
+        f"mode: strict refuses sandbox: none without a waiver, and there is {why}; remove `sandbox: none` "
+        "or add a waiver (.maestro/waivers/longrun.json) before the run",
+        code="sandbox_required",
+    )
 
 
 def ensure_workspace(loaded: LoadedSpec, root: Path, template_base: Path | None) -> Path:

@@ -26,6 +26,7 @@ from longrun.engine.ports import (
     StartLock,
     WorkspacePort,
 )
+from longrun.engine.preflight import check_sandbox
 from longrun.errors import LongrunError
 from longrun.execution.runtime import JobRuntime
 from longrun.governance.lineage import LineageSpend
@@ -133,8 +134,21 @@ class Session:
                 "resumed": resumed,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
+                **self._sandbox_fields(),
             },
         )
+
+    def _sandbox_fields(self) -> dict[str, Any]:
+        """``sandbox`` (and the waiver that allowed ``none`` in strict mode) for ``run_started``."""
+        sandbox = self.rt.spec.sandbox
+        if sandbox != "none":
+            return {"sandbox": "bwrap" if sandbox.network else "bwrap-no-network"}
+        out: dict[str, Any] = {"sandbox": "none"}
+        if self.rt.spec.mode == "strict":
+            waiver = check_sandbox(self.rt.spec, self.rt.root, self.now())
+            if waiver is not None:
+                out["sandbox_waiver"] = f"{waiver.approved_by}: {waiver.reason}"
+        return out
 
     def outcome(self) -> dict[str, Any]:
         return outcome_dict(self.rt.job_id, self.rt.spec.name, self.state, self.rt.run_id)

@@ -63,7 +63,7 @@ from longrun.evidence.manifest import predicate
 from longrun.journal.chain import check_chain
 from longrun.journal.events import format_ts
 from longrun.journal.fold import replay
-from longrun.storage.paths import JobPaths, check_job_id
+from longrun.storage.paths import JobPaths, check_job_id, open_nofollow
 
 # ------------------------------------------------------------------ results
 
@@ -246,7 +246,7 @@ def _add_member(tar: tarfile.TarFile, src: _Source) -> dict[str, Any]:
         reader = _HashingReader(io.BytesIO(src.data or b""))
         tar.addfile(_tarinfo(src.name, len(src.data or b"")), reader)
     else:
-        with open(src.path, "rb") as fh:
+        with os.fdopen(open_nofollow(Path(src.path)), "rb") as fh:  # never a symlink a stage planted
             # The size is fixed when the header is written; tarfile reads exactly that much.
             reader = _HashingReader(fh)
             tar.addfile(_tarinfo(src.name, os.fstat(fh.fileno()).st_size), reader)

@@ -9,8 +9,9 @@ by key, for resume, without asking Prefect.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from longrun.errors import LongrunError
+from longrun.errors import LongrunError, PathEscape
 from longrun.execution.checkpoint import (
     CheckpointStore,
     GateResult,
@@ -25,7 +26,15 @@ from longrun.execution.checkpoint import (
     sha256_text,
 )
 from longrun.execution.runtime import JobRuntime
-from longrun.storage.paths import JobPaths
+from longrun.storage.paths import JobPaths, read_nofollow
+
+
+def _read_plan(path: Path, workspace: Path) -> str | None:
+    """The plan file as the stage left it; None when absent, a symlink or not a regular file."""
+    try:
+        return read_nofollow(path, base=workspace.resolve()).decode("utf-8", errors="replace")
+    except (OSError, PathEscape, ValueError):
+        return None
 
 
 def build_checkpoint(
@@ -39,7 +48,7 @@ def build_checkpoint(
 ) -> IterationCheckpoint:
     it_dir = rt.paths.iteration_dir(iteration)
     plan_path = rt.plan_file()
-    current_plan = plan_path.read_text(encoding="utf-8", errors="replace") if plan_path and plan_path.is_file() else None
+    current_plan = _read_plan(plan_path, rt.workspace) if plan_path is not None else None
     prev_plan_file = rt.paths.iteration_dir(iteration - 1) / "plan.md"
     previous_plan = prev_plan_file.read_text(encoding="utf-8") if prev_plan_file.is_file() else None
     report = merge_test_reports({g.gate: g.evidence["report"] for g in gates if "report" in g.evidence})

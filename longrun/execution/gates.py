@@ -5,7 +5,9 @@
 gate's ``junit_xml``); the report has no failures or errors and at least one
 test ran, or, with ``min_pass_rate``, its pass rate reaches it. The exit code
 alone never passes a test gate.
-``file_changed``: a path in the iteration's diff matches the glob.
+``file_changed``: a path in the iteration's diff matches the glob, by path
+segments (:func:`glob_match`: ``*`` and ``?`` never cross ``/``, ``**`` is any
+number of directories).
 ``artifact_exists``: the path exists inside the workspace.
 ``approval``: never passes by itself (approval events resolve it).
 ``scope`` (implicit, see ``longrun.spec.compile.ScopeGate``): nothing changed outside
@@ -14,7 +16,8 @@ alone never passes a test gate.
 
 from __future__ import annotations
 
-import fnmatch
+import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,44 @@ class GateInput:
     out_of_scope: tuple[str, ...] = ()
 
 
+def _segment_regex(seg: str) -> str:
+    out, i = [], 0
+    while i < len(seg):
+        c = seg[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and (j := seg.find("]", i + 2)) != -1:
+            inner = seg[i + 1 : j]
+            inner = "^" + inner[1:] if inner.startswith("!") else inner
+            out.append("(?!/)[" + inner.replace("\\", "\\\\") + "]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """Whether the POSIX ``path`` matches ``pattern`` segment by segment.
+
+    ``*`` matches within one segment, ``?`` one character of it, ``[...]`` a
+    class (``[!...]`` negated); a whole segment ``**`` matches any number of
+    segments, none included (``src/**/*.py`` matches ``src/a.py`` and
+    ``src/x/y/a.py``; a trailing ``**`` matches everything below).
+    """
+    parts = pattern.split("/")
+    rx = ""
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            rx += ".*" if last else "(?:[^/]+/)*"
+        else:
+            rx += _segment_regex(part) + ("" if last else "/")
+    return re.fullmatch(rx, path, flags=re.DOTALL) is not None
+
+
 def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInput) -> GateResult:
     started = time.monotonic()
     gate = pg.gate
@@ -49,7 +90,7 @@ def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInpu
     if isinstance(gate, _CommandGate):
         passed, evidence = _command_gate(rt, gate, iteration)
     elif isinstance(gate, FileChangedGate):
-        matched = sorted(p for p in inp.changed_paths if fnmatch.fnmatch(p, gate.pattern))
+        matched = sorted(p for p in inp.changed_paths if glob_match(p, gate.pattern))
         passed, evidence = bool(matched), {"pattern": gate.pattern, "matched": matched}
     elif isinstance(gate, ArtifactExistsGate):
         target = safe_join(rt.workspace, gate.path, what=f"gate {gate.id} path")
@@ -75,9 +116,9 @@ def evaluate_gate(rt: JobRuntime, pg: PlannedGate, iteration: int, inp: GateInpu
 def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[bool, dict[str, Any]]:
     check_tool(rt, gate.run, gate.shell, f"gate {gate.id!r}")
     it_dir = rt.paths.iteration_dir(iteration)
-    env = rt.base_env(iteration, extra=gate.env)
-    env.update({"LONGRUN_GATE": gate.id, "LONGRUN_STAGE": f"gate:{gate.id}"})
     extra: dict[str, str] = {}
+    junit_env: dict[str, str] = {}
+    writable: list[Path] = []
     junit: Path | None = None
     if isinstance(gate, TestPassGate):
         if gate.junit_xml is not None:
@@ -86,19 +127,24 @@ def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[b
             junit = (it_dir / "junit" / f"{gate.id}.xml").resolve()
         atomicio.remove(junit)
         junit.parent.mkdir(parents=True, exist_ok=True)
-        env["LONGRUN_JUNIT_XML"] = str(junit)
+        writable.append(junit.parent)
+        junit_env["LONGRUN_JUNIT_XML"] = str(junit)
         extra["junit_xml"] = str(junit)
-    argv = expand_argv(gate.run, argv_values(rt, iteration, extra))
+    argv = expand_argv(gate.run, argv_values(rt, iteration, extra), shell=gate.shell)
     log = it_dir / "command.log"
-    result = run_command(
-        argv,
-        cwd=rt.workspace,
-        env=env,
-        timeout=gate.timeout or rt.spec.defaults.timeout,
-        log_path=log,
-        shell=gate.shell,
-        header=f"gate {gate.id} #{iteration}",
-    )
+    with tempfile.TemporaryDirectory(prefix="longrun-tmp-") as tmpdir:
+        env = rt.base_env(iteration, extra=gate.env, passthrough=gate.env_passthrough, tmpdir=tmpdir)
+        env.update({"LONGRUN_GATE": gate.id, "LONGRUN_STAGE": f"gate:{gate.id}", **junit_env})
+        result = run_command(
+            argv,
+            cwd=rt.workspace,
+            env=env,
+            timeout=gate.timeout or rt.spec.defaults.timeout,
+            log_path=log,
+            shell=gate.shell,
+            header=f"gate {gate.id} #{iteration}",
+            sandbox=rt.sandbox_plan(iteration, (*writable, Path(tmpdir))),
+        )
     evidence: dict = {
         "exit_code": result.exit_code,
         "timed_out": result.timed_out,
@@ -108,7 +154,7 @@ def _command_gate(rt: JobRuntime, gate: _CommandGate, iteration: int) -> tuple[b
     if not isinstance(gate, TestPassGate) or junit is None:
         return result.ok, evidence
     try:
-        report = parse_junit(junit)
+        report = parse_junit(junit, base=(rt.workspace if gate.junit_xml is not None else it_dir).resolve())
     except LongrunError as exc:
         report = empty_report(f"{exc.code}: {exc.message}", source=str(junit))
     evidence["report"] = report

@@ -18,7 +18,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.parsers import expat
 
-from longrun.errors import LongrunError
+from longrun.errors import LongrunError, PathEscape
+from longrun.storage.paths import read_nofollow
 
 __all__ = ["empty_report", "parse_junit"]
 
@@ -47,7 +48,7 @@ def empty_report(reason: str, *, source: str | None = None) -> dict:
     }
 
 
-def parse_junit(path: Path) -> dict:
+def parse_junit(path: Path, *, base: Path | None = None) -> dict:
     """Parse the JUnit XML at ``path`` into the gate's summary dict.
 
     Keys: ``format`` ("junit"), ``tests``, ``passed``, ``failed``, ``errors``,
@@ -56,13 +57,17 @@ def parse_junit(path: Path) -> dict:
     and errored cases) and ``source`` (the path as a string).
 
     Raises ``LongrunError`` with code ``junit_missing`` if the file does not
-    exist and ``junit_invalid`` if it is not a JUnit report we accept.
+    exist and ``junit_invalid`` if it is not a JUnit report we accept, or if
+    it is a symlink or not a regular file (opened without following symlinks,
+    below ``base`` when given, and checked with ``fstat`` after opening).
     """
     source = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = read_nofollow(Path(path), base=base)
     except FileNotFoundError as exc:
         raise LongrunError(f"JUnit report not found: {source}", code="junit_missing") from exc
+    except PathEscape as exc:
+        raise _invalid(source, exc.message) from None
     except OSError as exc:
         raise _invalid(source, f"cannot read: {exc}") from exc
     root = _parse_safely(data, source)

@@ -25,7 +25,9 @@ import json
 import math
 import os
 import re
+import select
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from longrun import atomicio
 from longrun.errors import LongrunError
+from longrun.execution.sandbox import SandboxPlan, bwrap_argv
 
 __all__ = [
     "CommandResult",
@@ -98,8 +101,9 @@ def build_argv(argv: list[str], *, shell: bool = False) -> list[str]:
     * ``argv[0]`` is ``sh`` or ``bash`` (as in the spec, ``run: [sh, "script"]``):
       ``argv[1]`` is the script and the rest become ``$0 $1 ...`` —
       ``["/bin/sh", "-c", argv[1], *argv[2:]]`` (``bash`` from PATH for ``bash``);
-    * otherwise the whole argv joined with single spaces is the script:
-      ``["/bin/sh", "-c", " ".join(argv)]``.
+    * otherwise the whole argv, each element quoted (``shlex.join``), is the
+      script: ``["/bin/sh", "-c", shlex.join(argv)]``, so an element is always
+      one word and never shell syntax.
     """
     if not argv:
         raise ValueError("argv must not be empty")
@@ -110,7 +114,7 @@ def build_argv(argv: list[str], *, shell: bool = False) -> list[str]:
         if len(argv) < 2:
             raise ValueError(f"shell command {argv[0]!r} needs the script as argv[1]")
         return [shell_bin, "-c", argv[1], *argv[2:]]
-    return ["/bin/sh", "-c", " ".join(argv)]
+    return ["/bin/sh", "-c", shlex.join(argv)]
 
 
 def run_command(
@@ -124,6 +128,7 @@ def run_command(
     header: str | None = None,
     pid_file: Path | None = None,
     kill_grace: float = 3.0,
+    sandbox: SandboxPlan | None = None,
 ) -> CommandResult:
     """Run ``argv`` in ``cwd`` with exactly ``env``, appending its output to ``log_path``.
 
@@ -133,6 +138,11 @@ def run_command(
     non-zero exits and timeouts all come back as a :class:`CommandResult`.
     If this call itself is interrupted (KeyboardInterrupt, cancellation) the
     group is killed before the exception propagates.
+
+    With ``sandbox`` the command runs inside ``bwrap`` (see
+    :mod:`longrun.execution.sandbox`); the log header shows the command
+    itself. A program that cannot be found or executed is reported as 127/126
+    before the sandbox starts, as without one.
     """
     real_argv = build_argv(argv, shell=shell)
     label = f"{header} $ " if header else "$ "
@@ -141,8 +151,10 @@ def run_command(
         start_offset = _size(log)
         started = time.monotonic()
         try:
+            if sandbox is not None:
+                _check_executable(real_argv[0], env, cwd)
             proc = subprocess.Popen(
-                real_argv,
+                bwrap_argv(real_argv, sandbox) if sandbox is not None else real_argv,
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
@@ -173,22 +185,45 @@ def run_command(
 def _supervise(proc: subprocess.Popen, *, timeout: float, kill_grace: float, pid_file: Path | None) -> bool:
     """Wait for ``proc``; kill its group on timeout or leftovers. Return True if it timed out."""
     pgid = proc.pid  # start_new_session: the child leads its own group
-    timed_out = False
+    timed_out = settled = False
     try:
         if pid_file is not None:
             atomicio.write_atomic(pid_file, f"{pgid}\n")
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        timed_out = not _wait(proc, timeout)
         if timed_out or _group_alive(pgid):
-            _terminate_group(proc, pgid, kill_grace)
+            _terminate_group(proc, pgid, kill_grace)  # returns only once the group is gone
+        settled = True
     finally:
-        if proc.poll() is None or _group_alive(pgid):
+        if not settled and (proc.poll() is None or _group_alive(pgid)):
             _kill_group(proc, pgid)  # interrupted while waiting: leave nothing behind
         if pid_file is not None:
             atomicio.remove(pid_file)
     return timed_out
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``proc`` to exit; True if it did.
+
+    Where the kernel has pidfds (Linux 5.3+) the wait wakes the moment the
+    child exits; ``Popen.wait(timeout=...)`` polls with sleeps of up to 50 ms,
+    which a short command (a sandboxed one in particular) pays on every run.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            ready, _, _ = select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        if not ready:
+            return False
+    try:
+        proc.wait(timeout=timeout if fd is None else _KILL_SETTLE_S)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _terminate_group(proc: subprocess.Popen, pgid: int, grace: float) -> None:
@@ -229,8 +264,12 @@ def _group_members(pgid: int) -> list[int] | None:
     for entry in entries:
         if not entry.isdigit():
             continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
+        try:  # os.open/os.read: this runs after every command, over every process of the machine
+            fd = os.open(f"/proc/{entry}/stat", os.O_RDONLY)
+            try:
+                stat = os.read(fd, 4096).decode("utf-8", "replace")
+            finally:
+                os.close(fd)
         except OSError:
             continue  # exited while we looked
         # "pid (comm) state ppid pgrp ..."; comm may contain spaces and parens.
@@ -258,6 +297,18 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _check_executable(program: str, env: Mapping[str, str], cwd: Path) -> None:
+    """Raise what Popen would for ``program`` (looked up on ``env``'s PATH), before a sandbox hides it."""
+    if "/" in program:
+        candidate: str | None = str(Path(cwd, program))
+    else:
+        candidate = shutil.which(program, mode=os.F_OK, path=env.get("PATH", os.defpath))
+    if candidate is None or not os.path.exists(candidate):
+        raise FileNotFoundError(2, "No such file or directory", program)
+    if os.path.isdir(candidate) or not os.access(candidate, os.X_OK):
+        raise PermissionError(13, "Permission denied", program)
 
 
 def _start_failure(exc: OSError, executable: str, cwd: Path) -> tuple[int | None, str | None]:

@@ -6,10 +6,11 @@ gates and checkpoints take it instead of loose parameters.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from longrun.execution.environment import stage_environment
+from longrun.execution.sandbox import SandboxPlan, find_bwrap
 from longrun.spec.compile import ExecutionPlan, compile_spec
 from longrun.spec.loader import LoadedSpec
 from longrun.spec.models import JobSpec
@@ -64,15 +65,40 @@ class JobRuntime:
             return None
         return safe_join(self.workspace, self.spec.plan_file, what="plan_file")
 
-    def base_env(self, iteration: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    @property
+    def sandboxed(self) -> bool:
+        """Whether stages and command gates run under bubblewrap (``sandbox`` is not ``none``)."""
+        return self.spec.sandbox != "none"
+
+    def base_env(
+        self,
+        iteration: int,
+        extra: dict[str, str] | None = None,
+        *,
+        passthrough: tuple[str, ...] | list[str] = (),
+        extra_names: tuple[str, ...] = (),
+        tmpdir: str,
+    ) -> dict[str, str]:
         """The environment every stage and gate command gets (SPEC E2).
 
-        ``extra`` (the spec's ``env``) goes in before the ``LONGRUN_*``
-        variables, so it can never override them.
+        Not the engine's environment: the allowlist of
+        :func:`~longrun.execution.environment.stage_environment`, the names
+        the command (``passthrough``) and ``defaults.env_passthrough`` pass
+        through, ``extra_names`` (names from other sources than the spec's
+        lists, see ``PlannedStage.extra_env_names``), ``HOME`` (the per-job
+        directory) and ``TMPDIR``, then ``extra`` (the spec's ``env``), then the
+        ``LONGRUN_*`` variables, so nothing can override them.
         """
         prev = self.paths.iteration_dir(iteration - 1) if iteration > 1 else None
-        env = dict(os.environ)
-        env.update(extra or {})
+        home = self.paths.home_dir.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        env = stage_environment(
+            extra or {},
+            [*self.spec.defaults.env_passthrough, *passthrough],
+            extra_names,
+            home=str(home),
+            tmpdir=tmpdir,
+        )
         env.update(
             {
                 "LONGRUN_JOB_ID": self.job_id,
@@ -89,3 +115,31 @@ class JobRuntime:
         if self.spec.plan_file is not None:
             env["LONGRUN_PLAN_FILE"] = self.spec.plan_file
         return env
+
+    def sandbox_plan(self, iteration: int, writable: tuple[Path, ...]) -> SandboxPlan | None:
+        """The sandbox of one command of ``iteration`` (None under ``sandbox: none``).
+
+        The workspace, the per-job ``HOME`` and ``writable`` are writable; the
+        iteration's checkpoint directory and the previous one are readable;
+        the rest of ``.maestro/`` is hidden. Under worktree isolation the main
+        repository's ``.git/objects``, ``refs``, ``logs`` and ``worktrees`` are
+        writable too (a worktree's commits, branch and index live there); its
+        ``config`` and ``hooks`` stay read-only.
+        """
+        sandbox = self.spec.sandbox
+        if sandbox == "none":
+            return None
+        rw = [self.workspace.resolve(), self.paths.home_dir.resolve(), *(p.resolve() for p in writable)]
+        git_dir = self.repo / ".git"
+        if self.workdir is not None:  # objects, refs and the worktree's index; not config or hooks
+            rw += [(git_dir / d).resolve() for d in ("objects", "refs", "logs", "worktrees") if (git_dir / d).is_dir()]
+        readable = [self.paths.iteration_dir(iteration).resolve()]
+        if iteration > 1:
+            readable.append(self.paths.iteration_dir(iteration - 1).resolve())
+        return SandboxPlan(
+            writable=tuple(rw),
+            hidden=(self.paths.maestro.resolve(),),
+            read_only=tuple(readable),
+            network=sandbox.network,
+            bwrap=find_bwrap() or "bwrap",
+        )

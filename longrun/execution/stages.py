@@ -18,6 +18,8 @@ then waits for the reset instead of counting the attempt as work.
 from __future__ import annotations
 
 import re
+import shlex
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -39,18 +41,36 @@ def check_tool(
     rt: JobRuntime, argv: tuple[str, ...] | list[str], shell: bool, where: str, preset_tool: str | None = None
 ) -> None:
     allowed = set(rt.spec.allowed_tools)
+    if shell and not rt.spec.allow_shell:
+        raise ToolNotAllowed(f"{where}: shell: true needs allow_shell: true in the spec; nothing was run")
     if argv[0] in allowed or argv[0] == preset_tool or (shell and "sh" in allowed):
         return
     raise ToolNotAllowed(f"{where}: {argv[0]!r} is not in allowed_tools {sorted(allowed)}; nothing was run")
 
 
-def expand_argv(argv: tuple[str, ...] | list[str], values: dict[str, str]) -> list[str]:
+def expand_argv(argv: tuple[str, ...] | list[str], values: dict[str, str], *, shell: bool = False) -> list[str]:
     """Substitute the fixed placeholders (``{junit_xml}``, ``{prompt}`` …) in one pass; nothing else is expanded.
 
     A substituted value is not scanned again, so a prompt that contains
-    ``{workspace}`` reaches the agent as written.
+    ``{workspace}`` reaches the agent as written. With ``shell`` a value that
+    lands in shell script text (``run[1]`` of ``[sh|bash, script, ...]``) goes in
+    quoted (``shlex.quote``), so it is one word however it is spelled; values in
+    other elements stay separate argv elements (and ``build_argv`` quotes a
+    joined script with ``shlex.join``).
     """
-    return [_PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg) for arg in argv]
+    script_index = 1 if shell and argv and argv[0] in ("sh", "bash") else None
+    out = []
+    for i, arg in enumerate(argv):
+        quote = i == script_index
+
+        def sub(m: re.Match[str], quote: bool = quote) -> str:
+            value = values.get(m.group(1))
+            if value is None:
+                return m.group(0)
+            return shlex.quote(value) if quote else value
+
+        out.append(_PLACEHOLDER.sub(sub, arg))
+    return out
 
 
 def argv_values(rt: JobRuntime, iteration: int, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -76,33 +96,44 @@ def run_stage(rt: JobRuntime, stage: PlannedStage, iteration: int, attempt: int)
     extra = {"model": stage.model, "analytics_log": str(analytics_log.resolve())}
     if stage.prompt_file is not None:
         extra["prompt"] = stage_prompt(rt, stage.prompt_file, iteration)
+    spawn_dir = it_dir / "spawn"
     pid_file = it_dir / "running" / f"{stage.id}.pgid"
-    env = rt.base_env(iteration, extra=dict(stage.env))
-    env.update(
-        {
-            "LONGRUN_STAGE": stage.id,
-            "LONGRUN_PHASE": stage.phase or "",
-            "LONGRUN_MODEL": stage.model,
-            "LONGRUN_ATTEMPT": str(attempt),
-            "LONGRUN_USAGE_FILE": str(usage_file.resolve()),
-            "LONGRUN_ANALYTICS_LOG": extra["analytics_log"],
-        }
-    )
     # A stage orphaned by an engine that was SIGKILLed must not race its rerun.
     kill_stale_group(
         pid_file, match_env={"LONGRUN_JOB_ID": rt.job_id, "LONGRUN_STAGE": stage.id, "LONGRUN_ITERATION": str(iteration)}
     )
-    argv = expand_argv(stage.argv, argv_values(rt, iteration, extra))
-    result = run_command(
-        argv,
-        cwd=rt.workspace,
-        env=env,
-        timeout=stage.timeout,
-        log_path=it_dir / "command.log",
-        shell=stage.shell,
-        header=f"stage {stage.id} #{iteration} attempt {attempt}",
-        pid_file=pid_file,
-    )
+    argv = expand_argv(stage.argv, argv_values(rt, iteration, extra), shell=stage.shell)
+    with tempfile.TemporaryDirectory(prefix="longrun-tmp-") as tmpdir:
+        env = rt.base_env(
+            iteration,
+            extra=dict(stage.env),
+            passthrough=stage.env_passthrough,
+            extra_names=stage.extra_env_names,
+            tmpdir=tmpdir,
+        )
+        env.update(
+            {
+                "LONGRUN_STAGE": stage.id,
+                "LONGRUN_PHASE": stage.phase or "",
+                "LONGRUN_MODEL": stage.model,
+                "LONGRUN_ATTEMPT": str(attempt),
+                "LONGRUN_USAGE_FILE": str(usage_file.resolve()),
+                "LONGRUN_ANALYTICS_LOG": extra["analytics_log"],
+            }
+        )
+        if rt.sandboxed:
+            spawn_dir.mkdir(parents=True, exist_ok=True)  # a bind mount needs its directory
+        result = run_command(
+            argv,
+            cwd=rt.workspace,
+            env=env,
+            timeout=stage.timeout,
+            log_path=it_dir / "command.log",
+            shell=stage.shell,
+            header=f"stage {stage.id} #{iteration} attempt {attempt}",
+            pid_file=pid_file,
+            sandbox=rt.sandbox_plan(iteration, (usage_file.parent, spawn_dir, Path(tmpdir))),
+        )
     if stage.usage_format is not None:
         log = analytics_log if stage.usage_format == "aider-analytics" else it_dir / "command.log"
         usage, rate_limit = _agent_usage(rt, stage, log, result)

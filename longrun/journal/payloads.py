@@ -114,8 +114,14 @@ class RunStarted(Payload):
     resumed: bool = False
     pid: int | None = Field(None, description="The engine's process id (the duplicate-run guard checks it is alive).")
     host: str | None = Field(None, description="The engine's host name.")
+    sandbox: Literal["bwrap", "bwrap-no-network", "none"] | None = Field(
+        None, description="How stages and command gates run: under bubblewrap (with or without network), or not sandboxed."
+    )
+    sandbox_waiver: str | None = Field(
+        None, description="sandbox none in strict mode: the waiver that allowed it (approved_by and reason)."
+    )
 
-    omit_if_none: ClassVar[frozenset[str]] = frozenset({"pid", "host"})
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"pid", "host", "sandbox", "sandbox_waiver"})
 
 
 class IterationStarted(Payload):

@@ -20,6 +20,9 @@ def _as_dict(value: Any) -> dict[Any, Any]:
     return value if isinstance(value, dict) else {}
 
 
+_SHELL_REFUSED = "shell: true runs whatever program its script names; set allow_shell: true to allow it"
+
+
 def cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Checks that span fields: unique ids, known ``depends_on``, allowed tools, no cycles.
 
@@ -30,6 +33,8 @@ def cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
     stages = _as_list(data.get("stages"))
     tools = data.get("allowed_tools")
     allowed = {t for t in tools if isinstance(t, str)} if isinstance(tools, list) else None
+
+    allow_shell = data.get("allow_shell") is True
 
     def argv0_refused(item: dict) -> str | None:
         run = item.get("run")
@@ -54,12 +59,16 @@ def cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         deps = _as_list(st.get("depends_on"))
         for j, dep in enumerate(deps):
+            if not isinstance(dep, str):
+                continue  # the field validation reports it
             if dep not in seen:
                 errors.append((f"stages[{i}].depends_on[{j}]", f"unknown stage {dep!r}"))
             elif dep == st.get("id"):
                 errors.append((f"stages[{i}].depends_on[{j}]", "a stage cannot depend on itself"))
         if (why := argv0_refused(st)) is not None:
             errors.append((f"stages[{i}].run[0]", why))
+        if st.get("shell") is True and not allow_shell:
+            errors.append((f"stages[{i}].shell", _SHELL_REFUSED))
     gates = _as_dict(data.get("quality_gates"))
     gate_ids: dict[str, str] = {}
     for group in ("required", "optional"):
@@ -75,6 +84,8 @@ def cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
                 gate_ids.setdefault(gid, where)
             if (why := argv0_refused(g)) is not None:
                 errors.append((f"{where}.run[0]", why))
+            if g.get("shell") is True and not allow_shell:
+                errors.append((f"{where}.shell", _SHELL_REFUSED))
     approvals = _as_list(data.get("approvals"))
     for i, a in enumerate(approvals):
         if isinstance(a, dict) and isinstance(a.get("before"), str) and a["before"] not in seen:
@@ -102,7 +113,7 @@ def _not_escalating(data: dict, gates: dict, gate_id: str) -> str | None:
 
 def _check_acyclic(stages: list, errors: list[tuple[str, str]]) -> None:
     deps = {
-        s["id"]: [d for d in s.get("depends_on") or [] if isinstance(d, str)]
+        s["id"]: [d for d in _as_list(s.get("depends_on")) if isinstance(d, str)]
         for s in stages
         if isinstance(s, dict) and isinstance(s.get("id"), str)
     }

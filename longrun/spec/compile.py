@@ -51,6 +51,13 @@ class PlannedStage:
     def preset_tool(self) -> str | None:
         return agents.AGENT_EXECUTABLES[self.agent] if self.agent else None
 
+    env_passthrough: tuple[str, ...] = ()
+    #: Environment names passed through besides ``env_passthrough`` and
+    #: ``defaults.env_passthrough``: the seam for names that come from elsewhere
+    #: (an agent preset's API key variables, issue 14). They reach
+    #: ``longrun.execution.environment.stage_environment`` as ``extra_names``.
+    extra_env_names: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True)
 class PlannedGate:
@@ -126,6 +133,8 @@ def compile_spec(spec: JobSpec) -> ExecutionPlan:
                 agent=st.agent,
                 usage_format=agents.stage_usage_format(st),
                 prompt_file=agents.stage_prompt_file(st),
+                env_passthrough=tuple(st.env_passthrough),
+                extra_env_names=agents.preset_env_names(st),
             )
         )
     gates = [PlannedGate(g, True) for g in spec.quality_gates.required]

@@ -125,6 +125,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """
 
 
+#: A spec larger than this many bytes is refused (``job_invalid_spec``) before it is parsed.
+MAX_SPEC_BYTES = 1 << 20
+#: Mappings and lists may nest this deep, no deeper (YAML, JSON, and through aliases).
+MAX_SPEC_DEPTH = 20
+#: A spec may hold this many values (scalars, lists, mappings) once aliases are expanded.
+MAX_SPEC_NODES = 100_000
+
+
+def _compose_node(self: _UniqueKeyLoader, parent: Any, index: Any) -> Any:
+    """PyYAML composes recursively: stop at ``MAX_SPEC_DEPTH`` instead of a ``RecursionError``."""
+    depth = getattr(self, "_longrun_depth", 0) + 1
+    if depth > MAX_SPEC_DEPTH + 1:
+        event = self.peek_event()
+        raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_SPEC_DEPTH} levels", event.start_mark)
+    self._longrun_depth = depth
+    try:
+        return yaml.composer.Composer.compose_node(self, parent, index)
+    finally:
+        self._longrun_depth = depth - 1
+
+
+_UniqueKeyLoader.compose_node = _compose_node
+
 _UniqueKeyLoader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -138,6 +161,10 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool | None):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a mapping key must be a plain scalar, not a {type(key).__name__}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
@@ -147,10 +174,56 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _limit_problem(data: Any) -> str | None:
+    """What makes an already parsed spec too big to validate, or None.
+
+    Walks the value once, iteratively, and stops at the first problem, so a
+    "billion laughs" of aliases or a self-referencing alias costs at most
+    ``MAX_SPEC_NODES`` steps: more values than that, nesting deeper than
+    ``MAX_SPEC_DEPTH``, a string that is not valid Unicode (a lone surrogate
+    from a ``\\ud800`` escape), or a value JSON cannot hold (bytes, dates,
+    sets from YAML tags).
+    """
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_SPEC_NODES:
+            return f"more than {MAX_SPEC_NODES} values (after aliases are expanded)"
+        if depth > MAX_SPEC_DEPTH:
+            return f"nested deeper than {MAX_SPEC_DEPTH} levels"
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds a lone surrogate (not valid Unicode)"
+        elif isinstance(value, dict):
+            stack.extend((x, depth + 1) for pair in value.items() for x in pair)
+        elif isinstance(value, list):
+            stack.extend((x, depth + 1) for x in value)
+        elif value is not None and not isinstance(value, (bool, int, float)):
+            return f"a value of YAML type {type(value).__name__} (from a tag such as !!binary or !!timestamp); use plain strings"
+    return None
+
+
 def parse_spec_text(text: str, *, file: str | None = None) -> JobSpec:
-    """Parse YAML or JSON text (JSON is YAML) into a validated ``JobSpec``."""
+    """Parse YAML or JSON text (JSON is YAML) into a validated ``JobSpec``.
+
+    Refused with ``job_invalid_spec`` before validation: text over
+    ``MAX_SPEC_BYTES``, nesting over ``MAX_SPEC_DEPTH``, more than
+    ``MAX_SPEC_NODES`` values, strings that are not valid Unicode.
+    """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SPEC_BYTES:
+        message = f"the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}"
+        raise SpecError([Problem(path="$", message=message, file=file)], file=file)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except RecursionError:
+        raise SpecError(
+            [Problem(path="$", message=f"nested deeper than {MAX_SPEC_DEPTH} levels", file=file)], file=file
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
@@ -163,6 +236,8 @@ def parse_spec_text(text: str, *, file: str | None = None) -> JobSpec:
 
 
 def validate_spec_data(data: dict[str, Any], *, file: str | None = None) -> JobSpec:
+    if (why := _limit_problem(data)) is not None:
+        raise SpecError([Problem(path="$", message=why, file=file)], file=file)
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
@@ -180,13 +255,17 @@ def load_spec(path: str | Path) -> LoadedSpec:
     """Read, parse and validate a spec file."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with open(p, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)  # no more than the limit is ever read
     except FileNotFoundError:
         raise JobNotFound(f"no job spec at {str(path)!r}") from None
     except IsADirectoryError:
         raise JobNotFound(f"{str(path)!r} is a directory, not a job spec") from None
     except PermissionError as exc:
         raise JobNotFound(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        message = f"the spec is larger than {MAX_SPEC_BYTES} bytes, the limit"
+        raise SpecError([Problem(path="$", message=message, file=str(path))], file=str(path))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

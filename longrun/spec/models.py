@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from longrun.spec.checks import cross_check
+from longrun.spec.cron import check_cron, check_timezone
 
 SPEC_VERSION = "longrun/v1"
 
@@ -149,14 +149,33 @@ class UsageCapture(_Model):
         return v
 
 
-def _no_reserved_env(env: dict[str, str]) -> dict[str, str]:
+#: An environment variable name: a letter or ``_``, then letters, digits, ``_`` (no ``=``, no NUL).
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+_ENV_NAME = re.compile(ENV_NAME_PATTERN)
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    bad = sorted(repr(k) for k in env if not _ENV_NAME.fullmatch(k))
+    if bad:
+        raise ValueError(f"invalid variable name(s) {', '.join(bad)}: letters, digits and '_', not starting with a digit")
     reserved = sorted(k for k in env if k.startswith("LONGRUN_"))
     if reserved:
         raise ValueError(f"LONGRUN_* variables are set by the engine and cannot be overridden: {', '.join(reserved)}")
+    nul = sorted(k for k, v in env.items() if "\x00" in v)
+    if nul:
+        raise ValueError(f"the value of {', '.join(nul)} contains NUL")
     return env
 
 
-EnvVars = Annotated[dict[str, str], AfterValidator(_no_reserved_env)]
+EnvVars = Annotated[dict[str, str], AfterValidator(_check_env)]
+EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN, description="An environment variable name.")]
+EnvPassthrough = Annotated[
+    list[EnvName],
+    Field(
+        description="Names of the engine's own environment variables this command may see (e.g. ANTHROPIC_API_KEY); "
+        "everything else of the engine's environment is withheld. A name the engine does not have is skipped.",
+    ),
+]
 
 
 class ModelPrice(_Model):
@@ -192,6 +211,7 @@ class Stage(_Model):
     timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Seconds; defaults to defaults.timeout.")
     retry: RetryPolicy | None = None
     env: EnvVars = Field(default_factory=dict)
+    env_passthrough: EnvPassthrough = Field(default_factory=list)
     usage: UsageCapture | None = None
 
     @model_validator(mode="after")
@@ -219,6 +239,7 @@ class _CommandGate(_GateBase):
     shell: StrictBool = False
     timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     env: EnvVars = Field(default_factory=dict)
+    env_passthrough: EnvPassthrough = Field(default_factory=list)
 
 
 class CommandPassGate(_CommandGate):
@@ -316,19 +337,13 @@ class Schedule(_Model):
 
     @field_validator("cron")
     @classmethod
-    def _cron_fields(cls, v: str) -> str:
-        if len(v.split()) != 5:
-            raise ValueError("cron needs 5 fields: minute hour day-of-month month day-of-week")
-        return v
+    def _cron(cls, v: str) -> str:
+        return check_cron(v)
 
     @field_validator("timezone")
     @classmethod
     def _iana(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError, IsADirectoryError):
-            raise ValueError(f"{v!r} is not an IANA time zone") from None
-        return v
+        return check_timezone(v)
 
 
 class Workspace(_Model):
@@ -343,6 +358,13 @@ class Workspace(_Model):
 class Defaults(_Model):
     timeout: float = Field(600, gt=0, le=7 * 24 * 3600)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    env_passthrough: EnvPassthrough = Field(default_factory=list)
+
+
+class SandboxConfig(_Model):
+    """How stages and command gates are sandboxed (bubblewrap); ``sandbox: none`` opts out."""
+
+    network: StrictBool = Field(True, description="false: the command gets no network (a new, empty network namespace).")
 
 
 class EvidenceConfig(_Model):
@@ -365,6 +387,14 @@ class JobSpec(_Model):
     plan_file: RelPath | None = Field("PLAN.md", description="Written by the plan stage, relative to the workspace.")
     mode: Literal["advisory", "strict"] = "advisory"
     isolation: Literal["none", "worktree"] = "none"
+    sandbox: Literal["none"] | SandboxConfig = Field(
+        default_factory=SandboxConfig,
+        description="Stages and command gates run under bubblewrap (the default). 'none' opts out: "
+        "journaled, and refused in strict mode unless a waiver allows it.",
+    )
+    allow_shell: StrictBool = Field(
+        False, description="Allow shell: true on stages and gates (a shell script can run any program)."
+    )
     budgets: Budgets = Field(default_factory=Budgets)
     model_policy: ModelPolicy
     model_prices: dict[str, ModelPrice] = Field(

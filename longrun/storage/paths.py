@@ -9,6 +9,7 @@ Layout under the job root (``--root``, default: the current directory)::
       checkpoints/<jobId>/<iter>/   plan-diff.md, patch.diff, command.log,
                                     test-report.json, summary.md (+ records)
       results/                      Prefect result-record metadata (cache keys)
+      home/<jobId>/                 HOME of the job's stages and command gates
       STOP                          root-wide stop file (stops every job)
 
 No path from a spec may escape its base: ``..``, absolute paths and symlinks
@@ -17,7 +18,10 @@ that lead outside are refused with ``path_escape`` (SPEC G4).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +105,11 @@ class JobPaths:
         return self.maestro / "evidence"
 
     @property
+    def home_dir(self) -> Path:
+        """``HOME`` of the job's stages and command gates (writable inside the sandbox)."""
+        return self.maestro / "home" / self.job_id
+
+    @property
     def worktree_dir(self) -> Path:
         """Where an ``isolation: worktree`` job's git worktree lives."""
         return self.maestro / "worktrees" / self.job_id
@@ -108,3 +117,56 @@ class JobPaths:
 
 def jobs_dir(root: Path) -> Path:
     return root / MAESTRO / "jobs"
+
+
+def open_nofollow(path: Path, *, base: Path | None = None) -> int:
+    """Open ``path`` read-only without following symlinks; return the fd of a regular file.
+
+    The last component is opened with ``O_NOFOLLOW``; with ``base`` every
+    component below ``base`` is (each directory opened relative to the one
+    before, so a directory swapped for a symlink after a path check is not
+    followed either). The file is checked *after* opening, with ``fstat``: a
+    symlink, a FIFO, a device or a directory is refused with ``path_escape``.
+    A missing file raises ``FileNotFoundError`` as ``open`` would.
+    """
+    path = Path(path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    if base is None:
+        parts: tuple[str, ...] = (str(path),)
+        dir_fd = None
+    else:
+        try:
+            parts = path.relative_to(base).parts
+        except ValueError:
+            raise PathEscape(f"{path} is not below {base}; refused") from None
+        dir_fd = os.open(base, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                fd = os.open(part, flags if last else flags | getattr(os, "O_DIRECTORY", 0), dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+                    raise PathEscape(f"{path}: a symlink or special file; refused ({exc.strerror})") from None
+                raise
+            if dir_fd is not None:
+                os.close(dir_fd)
+            dir_fd = fd
+    except BaseException:
+        if dir_fd is not None:
+            os.close(dir_fd)
+        raise
+    if dir_fd is None:  # an empty relative path: base itself
+        raise PathEscape(f"{path} is not a regular file; refused")
+    st = os.fstat(dir_fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(dir_fd)
+        raise PathEscape(f"{path} is not a regular file; refused")
+    os.set_blocking(dir_fd, True)
+    return dir_fd
+
+
+def read_nofollow(path: Path, *, base: Path | None = None) -> bytes:
+    """The bytes of ``path``, opened as :func:`open_nofollow` does."""
+    with os.fdopen(open_nofollow(path, base=base), "rb") as fh:
+        return fh.read()

@@ -1,14 +1,35 @@
 """The git operations longrun needs on a job workspace, and nothing more.
 
-Every call goes through :func:`_git`, which runs the ``git`` binary with an
-environment that does not depend on the machine it runs on:
+A workspace is written by the stage, which is untrusted: its ``.git/config``,
+``.gitattributes`` and hooks are the stage's. Every call goes through
+:func:`_git`, which runs the ``git`` binary so that nothing the repository
+configures is executed in the engine's process:
 
 * inherited ``GIT_*`` variables are dropped (a stray ``GIT_DIR`` or
   ``GIT_INDEX_FILE`` from a calling hook would point us at the wrong repo);
 * ``GIT_CONFIG_NOSYSTEM=1`` and ``GIT_CONFIG_GLOBAL=/dev/null`` ignore system
-  and user configuration (no surprise ``commit.gpgsign``, excludes or hooks);
-* commits carry a fixed identity (``longrun <longrun@localhost>``) passed with
-  ``-c``, so a fresh machine without ``git config`` works; hooks are disabled.
+  and user configuration;
+* command-scope overrides (``GIT_CONFIG_COUNT``/``GIT_CONFIG_KEY_n``, which win
+  over the repository's own config, and take keys and values apart so no
+  name needs quoting) switch off every setting that names a program:
+  ``core.fsmonitor``, ``core.hooksPath`` (to ``/dev/null``),
+  ``core.attributesFile``, ``core.sshCommand``, ``core.pager``,
+  ``core.editor``, ``sequence.editor``, ``credential.helper``, ``gpg.program``,
+  ``diff.external``, auto gc and maintenance, submodule recursion and every
+  transport (``protocol.allow=never``);
+* attributes cannot be switched off in git < 2.40 (the worktree's
+  ``.gitattributes`` and ``.git/info/attributes`` are always read), so the
+  drivers they name are neutralised instead: every ``filter.<name>`` in the
+  repository's config gets an empty ``clean``, ``smudge`` and ``process`` (git
+  skips an empty filter command) and ``required=false``; every
+  ``diff.<name>`` an empty ``textconv`` and ``command``; every
+  ``merge.<name>`` the driver ``false`` (a conflict, never a program). The
+  names are read with ``git config --get-regexp`` (which itself runs
+  nothing) before each call. Diffs also pass ``--no-ext-diff --no-textconv``;
+* commits carry a fixed identity (``longrun <longrun@localhost>``), so a fresh
+  machine without ``git config`` works;
+* every call has a timeout (:data:`GIT_TIMEOUT_S`, 600 s): git is killed and
+  ``git_timeout`` raised.
 
 Failures raise ``LongrunError(code="git_failed")`` with the command and git's
 stderr. Output is decoded as UTF-8 with ``surrogateescape``, so patches of
@@ -19,6 +40,7 @@ non-UTF-8 files survive a round trip through ``str``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,38 +51,122 @@ from longrun.errors import LongrunError
 
 __all__ = ["changed_paths", "diff_trees", "init_from_template", "is_repo", "snapshot_tree"]
 
-_IDENTITY = ("-c", "user.name=longrun", "-c", "user.email=longrun@localhost")
-_SAFETY = ("-c", f"core.hooksPath={os.devnull}", "-c", "commit.gpgsign=false")
+_IDENTITY = {"user.name": "longrun", "user.email": "longrun@localhost"}
+#: Settings that would make git run a program or reach out, switched off for every call.
+_HARDENED = {
+    "core.fsmonitor": "false",
+    "core.hooksPath": os.devnull,
+    "core.attributesFile": os.devnull,
+    "core.sshCommand": "false",
+    "core.pager": "cat",
+    "core.editor": "false",
+    "sequence.editor": "false",
+    "core.askPass": "false",
+    "credential.helper": "",
+    "gpg.program": "false",
+    "commit.gpgSign": "false",
+    "diff.external": "",
+    "gc.auto": "0",
+    "maintenance.auto": "false",
+    "submodule.recurse": "false",
+    "protocol.allow": "never",
+    "core.untrackedCache": "false",
+}
+#: Per-driver keys neutralised for every driver name the repository's config defines.
+_DRIVER_KEYS = {
+    "filter": {"clean": "", "smudge": "", "process": "", "required": "false"},
+    "diff": {"textconv": "", "command": ""},
+    "merge": {"driver": "false"},
+}
+_DRIVER_RE = re.compile(r"^(filter|diff|merge)\.(.+)\.([^.]+)$", re.DOTALL)
+#: Seconds any one git call may take before it is killed (``git_timeout``).
+GIT_TIMEOUT_S = 600.0
 INITIAL_COMMIT_MESSAGE = "longrun: initial workspace"
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(
         GIT_CONFIG_NOSYSTEM="1",
         GIT_CONFIG_GLOBAL=os.devnull,
         GIT_TERMINAL_PROMPT="0",
+        GIT_PAGER="cat",
+        GIT_EDITOR="false",
         LC_ALL="C",
     )
-    env.update(extra or {})
     return env
 
 
-def _git(cwd: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``git <args>`` in ``cwd``; raise ``git_failed`` on a non-zero exit if ``check``."""
-    cmd = ["git", *_IDENTITY, *_SAFETY, *args]
+def _with_config(env: dict[str, str], config: dict[str, str]) -> dict[str, str]:
+    """``env`` plus ``config`` as command-scope settings (``GIT_CONFIG_COUNT``/``KEY_n``/``VALUE_n``)."""
+    out = dict(env)
+    for i, (key, value) in enumerate(config.items()):
+        out[f"GIT_CONFIG_KEY_{i}"] = key
+        out[f"GIT_CONFIG_VALUE_{i}"] = value
+    out["GIT_CONFIG_COUNT"] = str(len(config))
+    return out
+
+
+def _driver_overrides(cwd: Path, timeout: float) -> dict[str, str]:
+    """Empty commands for every filter/diff/merge driver the repository's config defines."""
+    env = _with_config(_base_env(), _HARDENED)
     try:
         proc = subprocess.run(
-            cmd,
+            ["git", "config", "-z", "--get-regexp", r"^(filter|diff|merge)\."],
             cwd=cwd,
-            env=_env(env),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise LongrunError(f"git config timed out after {timeout:g}s in {cwd}", code="git_timeout") from None
+    except OSError:
+        return {}  # git missing or cwd gone: the real call reports it
+    overrides: dict[str, str] = {}
+    for entry in proc.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        m = _DRIVER_RE.match(entry.split("\n", 1)[0])
+        if m is None:
+            continue
+        section, name = m.group(1), m.group(2)
+        for key, value in _DRIVER_KEYS[section].items():
+            overrides[f"{section}.{name}.{key}"] = value
+    return overrides
+
+
+def _git(
+    cwd: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = GIT_TIMEOUT_S,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``git <args>`` in ``cwd``, hardened (see the module docstring).
+
+    Raises ``git_failed`` on a non-zero exit if ``check``, and ``git_timeout``
+    (whatever ``check`` says) when git runs longer than ``timeout`` seconds.
+    """
+    config = {**_HARDENED, **_driver_overrides(cwd, timeout), **_IDENTITY}
+    full_env = _with_config(_base_env(), config)
+    full_env.update(env or {})
+    try:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=full_env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             encoding="utf-8",
             errors="surrogateescape",
+            timeout=timeout,
             check=False,
         )
+    except subprocess.TimeoutExpired:
+        raise LongrunError(
+            f"git {' '.join(args)} in {cwd} timed out after {timeout:g}s and was killed", code="git_timeout"
+        ) from None
     except OSError as exc:  # git missing, or cwd gone
         raise LongrunError(f"cannot run git {' '.join(args)} in {cwd}: {exc}", code="git_failed") from exc
     if check and proc.returncode != 0:
@@ -132,7 +238,7 @@ def diff_trees(workspace: Path, a: str, b: str) -> str:
 
 def changed_paths(workspace: Path, a: str, b: str) -> list[str]:
     """Sorted paths that differ between ``a`` and ``b`` (exact names, no quoting)."""
-    out = _git(Path(workspace), "diff", "--name-only", "--no-renames", "-z", a, b).stdout
+    out = _git(Path(workspace), "diff", "--name-only", "--no-renames", "--no-ext-diff", "--no-textconv", "-z", a, b).stdout
     return sorted(p for p in out.split("\0") if p)
 
 

@@ -75,7 +75,9 @@ def is_dirty(repo: Path, exclude: Iterable[str] = _EXCLUDE) -> bool:
 
     Paths under ``exclude`` (``.maestro`` by default) are not looked at.
     """
-    out = _git(Path(repo), "status", "--porcelain=v1", "-z", "--untracked-files=all", *_pathspec(exclude)).stdout
+    out = _git(
+        Path(repo), "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules=all", *_pathspec(exclude)
+    ).stdout
     return bool(out.strip("\0"))
 
 
@@ -144,7 +146,7 @@ def commit_all(worktree: Path, message: str, exclude: Iterable[str] = _EXCLUDE) 
     """Commit every change in ``worktree`` (untracked files too); return the sha, or None if nothing changed."""
     worktree = Path(worktree)
     _git(worktree, "add", "-A", *_pathspec(exclude))
-    if _git(worktree, "diff", "--cached", "--quiet", check=False).returncode == 0:
+    if _git(worktree, "diff", "--cached", "--quiet", "--no-ext-diff", "--no-textconv", check=False).returncode == 0:
         return None
     _git(worktree, "commit", "-q", "--no-verify", "-m", message)
     return head(worktree)
@@ -154,7 +156,17 @@ def export_patches(worktree: Path, base: str, out_dir: Path) -> list[Path]:
     """``git format-patch base..HEAD -o out_dir``: one mail file per commit, in order."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = _git(Path(worktree), "format-patch", "--no-signature", "--binary", "-o", str(out_dir), f"{base}..HEAD").stdout
+    out = _git(
+        Path(worktree),
+        "format-patch",
+        "--no-signature",
+        "--binary",
+        "--no-ext-diff",
+        "--no-textconv",
+        "-o",
+        str(out_dir),
+        f"{base}..HEAD",
+    ).stdout
     return [Path(line) for line in out.splitlines() if line.strip()]
 
 

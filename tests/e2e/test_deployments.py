@@ -616,6 +616,8 @@ goal: wait for a human without holding the worker
 workspace: {{path: ws, template: template}}
 allowed_tools: [python]
 model_policy: {{default: m}}
+# The stages count their runs in a file outside the workspace: not a sandbox test.
+sandbox: none
 approvals:
   - {{before: second, mode: suspend, timeout: 600}}
 stages:
@@ -671,6 +673,8 @@ goal: hand a failing gate to a human without holding the worker
 workspace: {{path: ws, template: template}}
 allowed_tools: [python]
 model_policy: {{default: m}}
+# The stages count their runs in a file outside the workspace: not a sandbox test.
+sandbox: none
 approvals:
   - {{escalate: ready, mode: suspend, timeout: 600}}
 stages:

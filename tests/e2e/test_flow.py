@@ -125,7 +125,9 @@ keys = [k for k in os.environ if k.startswith("LONGRUN_")]
 out = {k: os.environ[k] for k in keys}
 out["cwd"] = os.getcwd()
 name = os.environ["LONGRUN_STAGE"] + "-" + os.environ["LONGRUN_ITERATION"] + ".json"
-open(os.path.join(os.environ["LONGRUN_CHECKPOINT_DIR"], name), "w").write(json.dumps(out))
+# Into the workspace: the sandbox lets a stage read its checkpoint directory, not write it.
+os.makedirs("env-dumps", exist_ok=True)
+open(os.path.join("env-dumps", name), "w").write(json.dumps(out))
 open(os.environ["LONGRUN_USAGE_FILE"], "w").write(json.dumps({"usd": 0.25, "tokens": 7, "model": "reported"}))
 print("stdout line"); print("stderr line", file=sys.stderr)
 """
@@ -153,7 +155,8 @@ quality_gates:
     out = run_flow(spec, tmp_path)
     assert out["status"] == "COMPLETED" and out["iterations"] == 1
     d = JobPaths(tmp_path, out["job_id"]).iteration_dir(1)
-    env = {s: json.loads((d / f"{s}-1.json").read_text()) for s in ("search", "build", "other")}
+    dumps = tmp_path / "ws" / "env-dumps"
+    env = {s: json.loads((dumps / f"{s}-1.json").read_text()) for s in ("search", "build", "other")}
     assert env["search"]["LONGRUN_PHASE"] == "search" and env["search"]["LONGRUN_MODEL"] == "cheap-search"
     assert env["build"]["LONGRUN_PHASE"] == "execute" and env["build"]["LONGRUN_MODEL"] == "strong"
     assert env["other"]["LONGRUN_PHASE"] == "" and env["other"]["LONGRUN_MODEL"] == "cheap"
@@ -218,7 +221,8 @@ stop_conditions: {{max_iterations: 10, no_progress_iterations: 2}}
 
 
 def test_stop_file_stops_before_next_stage_and_rerun_continues(prefect_server, tmp_path):
-    stop = tmp_path / ".maestro" / "STOP"
+    # The stop file is in the workspace: a sandboxed stage cannot write .maestro/STOP (.maestro is hidden).
+    stop = tmp_path / "ws" / "STOP"
     spec = write_job(
         tmp_path,
         f"""
@@ -227,6 +231,7 @@ goal: stop me
 workspace: {{path: ws, template: template}}
 allowed_tools: [{PY}]
 model_policy: {{default: m}}
+stop_conditions: {{stop_file: ws/STOP}}
 stages:
   - id: first
     run: [{PY}, -c, "import os; open('first.log','a').write('x'); open(os.environ['STOP_PATH'],'w').close() if not os.path.exists('stopped-once') else None; open('stopped-once','w').close()"]

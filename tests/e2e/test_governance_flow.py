@@ -85,14 +85,22 @@ def job(
     files: dict[str, str] | None = None,
     workspace: str = "{path: ws, template: template}",
 ) -> Path:
-    """A spec ``<name>.yaml`` with the common header and ``stage.py`` in its template."""
+    """A spec ``<name>.yaml`` with the common header and ``stage.py`` in its template.
+
+    These tests are about governance, not the sandbox, and ``stage.py`` writes
+    outside its workspace by design (``COUNTER``, ``STOP_JOBS``, ``SLEEP_ONCE``),
+    so non-strict jobs opt out with ``sandbox: none``. Strict jobs (which
+    refuse the opt-out without a waiver) stay sandboxed and write only their
+    workspace. The sandbox itself is tested in test_adversarial.py.
+    """
+    sandbox = "" if "mode: strict" in body else "sandbox: none\n"
     text = f"""
 name: {name}
 goal: governance test {name}
 workspace: {workspace}
 allowed_tools: [python]
 model_policy: {{default: m}}
-{body}
+{sandbox}{body}
 """
     return write_job(tmp_path, text, {"stage.py": STAGE, **(files or {})}, name=f"{name}.yaml")
 
@@ -1190,6 +1198,7 @@ goal: spend on behalf of the root
 workspace: {{path: ws}}
 allowed_tools: [python]
 model_policy: {{default: m}}
+sandbox: none
 stages:
   - {{id: spend, run: [python, stage.py], env: {{USD: "{usd}", COUNTER: "{counter}"{extra}}}}}
 quality_gates:

@@ -43,6 +43,8 @@ goal: survive a SIGKILL
 workspace: {{path: ws, template: template}}
 allowed_tools: [python]
 model_policy: {{default: m}}
+# counter.txt and the SLEPT marker live outside the workspace: not a sandbox test.
+sandbox: none
 stages:
   - {{id: first, run: [python, stage.py], env: {{COUNTER: "{counter}", SLEPT: "{slept}", KILL_ITERATION: "{kill_iteration}"}}}}
   - {{id: slow, run: [python, stage.py], timeout: 300, env: {{COUNTER: "{counter}", SLEPT: "{slept}", KILL_ITERATION: "{kill_iteration}"}}}}

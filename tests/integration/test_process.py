@@ -188,7 +188,9 @@ def test_build_argv_shell_rules():
     assert build_argv(["echo", "a b"]) == ["echo", "a b"]
     assert build_argv(["sh", "echo $0 $1", "zero", "one"], shell=True) == ["/bin/sh", "-c", "echo $0 $1", "zero", "one"]
     assert build_argv(["bash", "echo hi"], shell=True) == ["bash", "-c", "echo hi"]
-    assert build_argv(["echo hi", "&&", "true"], shell=True) == ["/bin/sh", "-c", "echo hi && true"]
+    # Any other argv is joined quoted: each element stays one word, never shell syntax.
+    assert build_argv(["echo hi", "&&", "true"], shell=True) == ["/bin/sh", "-c", "'echo hi' '&&' true"]
+    assert build_argv(["echo", "a; touch x"], shell=True) == ["/bin/sh", "-c", "echo 'a; touch x'"]
     with pytest.raises(ValueError):
         build_argv(["sh"], shell=True)
     with pytest.raises(ValueError):
