@@ -37,6 +37,9 @@ goal: make the tests pass
 workspace: {{path: ws, template: template}}
 allowed_tools: [python]
 model_policy: {policy}
+# The fake agents count their calls in FAKE_AGENT_DIR, outside the workspace, which the
+# sandbox makes read-only; what these tests check is usage and rate limits, not the sandbox.
+sandbox: none
 {body}
 """
     return write_job(tmp_path, text, {"PROMPT.md": PROMPT, "src/app.py": "x = 1\n"}, name=f"{name}.yaml")

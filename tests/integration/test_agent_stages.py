@@ -44,6 +44,8 @@ goal: make the tests pass
 workspace: {{path: ws, template: template}}
 allowed_tools: [python]
 model_policy: {policy}
+# The fake agents count their calls in FAKE_AGENT_DIR, outside the workspace (read-only in the sandbox).
+sandbox: none
 {stages}
 {extra}
 """,
