@@ -132,9 +132,10 @@ def test_every_crash_point_resumes_to_the_uninterrupted_result(cli_env, tmp_path
 
 @pytest.mark.slow
 def test_a_randomized_sweep_of_crash_points(cli_env, tmp_path):
-    """Points drawn at random (LONGRUN_CRASH_SWEEP of them, default 24), each from a fresh root."""
+    """Points drawn at random, each from a fresh root: LONGRUN_CRASH_SWEEP of them (default 6, bounded for
+    every run of the suite; raise it, and change LONGRUN_CRASH_SEED, for a longer sweep)."""
     rng = random.Random(int(os.environ.get("LONGRUN_CRASH_SEED", "7")))
-    n = int(os.environ.get("LONGRUN_CRASH_SWEEP", "24"))
+    n = int(os.environ.get("LONGRUN_CRASH_SWEEP", "6"))
     points = [rng.choice(POINTS) for _ in range(n)]
     for i, chunk in enumerate(points[j : j + 6] for j in range(0, len(points), 6)):
         _matrix(chunk, tmp_path / f"batch-{i}", cli_env)

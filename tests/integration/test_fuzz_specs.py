@@ -13,6 +13,7 @@ The ``slow`` marker holds a larger sweep.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -84,7 +85,13 @@ def dump(doc) -> bytes:
 
 
 SMALL = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-LARGE = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+#: The larger sweep: bounded for every run of the suite (CI included); LONGRUN_FUZZ_EXAMPLES=600 for a long one.
+LARGE = settings(
+    max_examples=int(os.environ.get("LONGRUN_FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
 
 
 def _schema_docs(tmp_path_factory, capsys, doc):
