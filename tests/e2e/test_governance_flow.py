@@ -758,7 +758,8 @@ def test_approval_gate_rejected_ends_the_job(cli_env, tmp_path):
     assert r.returncode == 5, (r.stdout, r.stderr)
     assert json.loads(r.stdout)["status"] == "REJECTED"
     assert counter_lines(counter) == ["work 1"]
-    assert len(events(tmp_path, job_id)) == n  # nothing ran, nothing journaled
+    # Nothing ran; the only event is the bundle that now records the rejection (it was behind it).
+    assert [e.type for e in events(tmp_path, job_id)[n:]] == ["evidence_built"]
     rejected = events(tmp_path, job_id, "rejected")[0].payload
     assert (rejected.approver, rejected.comment) == ("bob", "not now")
 
