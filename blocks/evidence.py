@@ -23,6 +23,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from longrun.errors import EvidenceStoreError, EvidenceStoreInvalid
+from longrun.evidence.signing import set_key_loader
 from longrun.storage import LOCAL_BLOCK_SLUG, S3_BLOCK_SLUG, EvidenceStore, set_block_loader
 from longrun.storage.local import LocalDirStore
 from longrun.storage.s3 import S3Store
@@ -102,3 +103,14 @@ def load_block_store(slug: str, name: str) -> EvidenceStore:
 
 
 set_block_loader(load_block_store)
+
+
+def _secret_value(name: str) -> str:
+    """The value of the Prefect Secret block ``name`` (a signing key's PEM)."""
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(name).get()
+    return value if isinstance(value, str) else str(value)
+
+
+set_key_loader(_secret_value)

@@ -226,6 +226,7 @@ EXIT_CODES: dict[str, int | None] = {
     "gate_unknown": _FAIL,
     "strict_contract_failed": _FAIL,
     "evidence_mismatch": _FAIL,
+    "evidence_signing_failed": _FAIL,
     "waiver_invalid": _FAIL,
     "waiver_expired": _FAIL,
     "patch_apply_failed": _FAIL,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from longrun.cli.common import EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED, EXIT_OK, Out, job_root
-from longrun.errors import EvidenceMissing, EvidenceStoreInvalid
+from longrun.errors import EvidenceMissing, EvidenceStoreInvalid, LongrunError
 from longrun.storage import BLOCK_SLUGS
 
 __all__ = ["PARSERS", "cmd_evidence", "cmd_verify"]
@@ -59,6 +59,9 @@ def _add_verify(sub: Any, common: argparse.ArgumentParser) -> None:
         "target", metavar="TARGET", help="a job (id or name), a manifest path, or s3://bucket/prefix/<jobId>.manifest.json"
     )
     s.add_argument("--bundle", default=None, help="the tar.gz to check (default: the one the manifest names, beside it)")
+    s.add_argument(
+        "--key", default=None, metavar="PEM", help="also check the manifest's DSSE signature with this Ed25519 public key"
+    )
     s.add_argument("--disk", action="store_true", help="for a manifest path: also re-hash the job's files under --root")
     s.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// targets (default: $AWS_ENDPOINT_URL)")
     s.add_argument(
@@ -148,7 +151,7 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
     if target.startswith("s3://"):
         with tempfile.TemporaryDirectory(prefix="longrun-verify-") as tmp:
             report = _verify_s3(target, Path(tmp), args.endpoint_url)
-            return _report(report, out, label=target)
+            return _report(_signed(report, args), out, label=target)
     path = Path(target)
     if path.is_file() and _is_gzip(path):
         # A bundle given where its manifest is expected: verify it against the manifest beside it.
@@ -159,12 +162,12 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
                 f"longrun verify MANIFEST --bundle {path}"
             )
         report = verify(manifest, path, job_files_root=job_root(args) if args.disk else None)
-        return _report(report, out, label=str(path))
+        return _report(_signed(report, args), out, label=str(path))
     if path.is_file() or target.endswith(".json"):
         if not path.is_file():
             raise EvidenceMissing(f"no manifest at {path}")
         report = verify(path, bundle, job_files_root=job_root(args) if args.disk else None)
-        return _report(report, out, label=str(path))
+        return _report(_signed(report, args), out, label=str(path))
     from longrun.evidence.bundle import bundle_paths
     from longrun.journal.registry import find_job
 
@@ -176,7 +179,25 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
     if not manifest_path.is_file():
         raise EvidenceMissing(f"job {record.job_id} has no evidence bundle yet; build it with: longrun evidence {record.job_id}")
     report = verify(manifest_path, bundle or tar_path, job_files_root=root)
-    return _report(report, out, label=f"{record.name} ({record.job_id})")
+    return _report(_signed(report, args), out, label=f"{record.name} ({record.job_id})")
+
+
+def _signed(report: Any, args: argparse.Namespace) -> Any:
+    """With ``--key``: the manifest's DSSE envelope must verify with that public key (else a mismatch)."""
+    if not getattr(args, "key", None):
+        return report
+    from dataclasses import replace
+
+    from longrun.evidence.signing import check_envelope, envelope_path
+    from longrun.evidence.verify import Mismatch
+
+    try:
+        key = Path(args.key).read_bytes()
+    except OSError as exc:
+        raise LongrunError(f"cannot read the public key {args.key}: {exc.strerror or exc}", code="usage_error") from None
+    problems = check_envelope(Path(report.manifest_path), key)
+    name = envelope_path(Path(report.manifest_path)).name
+    return replace(report, mismatches=(*report.mismatches, *(Mismatch(name, p, "signature") for p in problems)))
 
 
 def _is_gzip(path: Path) -> bool:

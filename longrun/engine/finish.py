@@ -15,7 +15,9 @@ def finish(s: Session) -> None:
         patches = worktree.export_patches(rt.workdir, worktree.fork_point(rt.repo, rt.job_id), out)
         worktree.remove_worktree(rt.repo, rt.workdir)
         s.say(f"exported {len(patches)} patch(es) to {out}; apply with: longrun apply {rt.job_id}")
-    outcome = finalize_evidence(rt.root, rt.job_id, rt.spec.evidence.store, s.ports.journal)
+    outcome = finalize_evidence(
+        rt.root, rt.job_id, rt.spec.evidence.store, s.ports.journal, signing_key=rt.spec.evidence.signing_key
+    )
     s.sync()
     if outcome.upload_failed:
         s.say(

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from longrun import faults
 from longrun.errors import EvidenceStoreInvalid, LongrunError
 from longrun.evidence.bundle import BundleResult, build_bundle
+from longrun.evidence.signing import envelope_path, load_private_key, sign_manifest
 from longrun.evidence.verify import load_bundle, verify
 from longrun.storage import EvidenceStore, StoredObject, resolve_store
 from longrun.storage.paths import check_job_id
@@ -85,7 +86,9 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: EventSink) -> EvidenceOutcome:
+def finalize_evidence(
+    root: Path, job_id: str, store_ref: str | None, journal: EventSink, *, signing_key: str | None = None
+) -> EvidenceOutcome:
     """Build the bundle, journal ``evidence_built``, and upload it when a store is configured.
 
     ``store_ref`` is the spec's ``evidence.store`` (None: local only). Build
@@ -95,6 +98,7 @@ def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: E
     """
     root = Path(root)
     bundle = build_bundle(root, check_job_id(job_id))
+    signature = sign_manifest(bundle.manifest_path, load_private_key(signing_key)) if signing_key else None
     journal.append(
         "evidence_built",
         {
@@ -104,6 +108,7 @@ def finalize_evidence(root: Path, job_id: str, store_ref: str | None, journal: E
             "size": bundle.size,
             "files": bundle.files,
             "built_from_seq": bundle.built_from_seq,
+            "signature": _rel(signature, root) if signature is not None else None,
         },
         job_id=job_id,
     )
@@ -139,6 +144,9 @@ def _upload(root: Path, bundle: BundleResult, store_ref: str, journal: EventSink
         uploaded = store.put(bundle.tar_path, tar_key, sha256=bundle.sha256)
         manifest_sha = _sha256(bundle.manifest_path)
         manifest_uploaded = store.put(bundle.manifest_path, manifest_key, sha256=manifest_sha)
+        signature = envelope_path(bundle.manifest_path)
+        if signature.is_file():
+            store.put(signature, manifest_key + ".dsse.json", sha256=_sha256(signature))
     except LongrunError as exc:
         journal.append(
             "evidence_upload_failed",

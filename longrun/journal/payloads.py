@@ -360,6 +360,11 @@ class EvidenceBuilt(Payload):
     size: int = Field(ge=0)
     files: int = Field(ge=0, description="Number of files in the bundle.")
     built_from_seq: int | None = Field(None, ge=0, description="Last journal seq the bundle holds.")
+    signature: str | None = Field(
+        None, description="The manifest's DSSE envelope, relative to the job root (evidence.signing_key)."
+    )
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"signature"})
 
 
 class EvidenceUploaded(Payload):

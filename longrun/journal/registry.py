@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longrun import atomicio
-from longrun.errors import JobNotFound, LongrunError
+from longrun.errors import JobNotFound, LongrunError, SpecImmutable
 from longrun.journal.local import Journal
 from longrun.journal.payloads import RunFailed, RunStarted
 from longrun.journal.runs import RunClaim, list_runs, read_claim, write_run_record
@@ -92,10 +92,33 @@ def _refuse_lost_journal(paths: JobPaths) -> None:
         )
 
 
+def store_spec(path: Path, loaded: LoadedSpec) -> str:
+    """Write the canonical spec to ``path`` once; returns the text stored there (without its final newline).
+
+    A file written by an older longrun holds fewer defaulted fields than this
+    one would write; it stays as it is when it is the same job (the same id,
+    which ignores defaults). Anything else is ``job_spec_immutable``.
+    """
+    try:
+        atomicio.write_once(path, loaded.canonical + "\n")
+        return loaded.canonical
+    except SpecImmutable:
+        from longrun.spec.loader import job_id_for, load_canonical
+
+        stored = path.read_text(encoding="utf-8").rstrip("\n")
+        try:
+            same = job_id_for(load_canonical(stored, file=str(path)).spec) == job_id_for(loaded.spec)
+        except LongrunError:
+            same = False
+        if not same:
+            raise
+        return stored
+
+
 def register(loaded: LoadedSpec, root: Path) -> JobRecord:
     paths = JobPaths(root, loaded.job_id)
     _refuse_lost_journal(paths)
-    atomicio.write_once(paths.spec_file, loaded.canonical + "\n")
+    stored = store_spec(paths.spec_file, loaded)
     journal = Journal(paths.events_file)
     if journal.state().last_seq == 0:
         journal.append(
@@ -103,7 +126,7 @@ def register(loaded: LoadedSpec, root: Path) -> JobRecord:
             {
                 "job_id": loaded.job_id,
                 "name": loaded.spec.name,
-                "spec_sha256": hashlib.sha256(loaded.canonical.encode("utf-8")).hexdigest(),
+                "spec_sha256": hashlib.sha256(stored.encode("utf-8")).hexdigest(),
                 "source": str(loaded.source) if loaded.source else None,
                 "root": str(root),
             },
@@ -115,7 +138,7 @@ def register(loaded: LoadedSpec, root: Path) -> JobRecord:
 def define(loaded: LoadedSpec, root: Path) -> JobPaths:
     """Write the job's canonical spec once (a job with runs has no journal of its own)."""
     paths = JobPaths(root, loaded.job_id)
-    atomicio.write_once(paths.spec_file, loaded.canonical + "\n")
+    store_spec(paths.spec_file, loaded)
     return paths
 
 

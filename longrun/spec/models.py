@@ -369,6 +369,11 @@ class SandboxConfig(_Model):
 
 class EvidenceConfig(_Model):
     store: str | None = Field(None, description="'<block-type-slug>/<name>' or a path; default .maestro/evidence.")
+    signing_key: str | None = Field(
+        None,
+        pattern=r"^prefect-secret/[a-z0-9][a-z0-9-]*$",
+        description="'prefect-secret/<name>': a Secret block holding an Ed25519 private key (PEM); the manifest is signed (DSSE).",
+    )
 
 
 class Lineage(_Model):

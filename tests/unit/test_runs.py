@@ -215,3 +215,27 @@ def test_concurrent_decisions_record_exactly_one(tmp_path):
     same = "approval_already_decided"
     assert outcomes.count(same) == 5 and outcomes.count("approval_conflict") == 6
     assert os.path.getsize(path) > 0
+
+
+def test_a_spec_stored_by_an_older_longrun_is_kept_and_a_different_one_refused(tmp_path):
+    """spec.json written before fields with defaults were added is the same job: it is kept, not refused."""
+    import json
+
+    from longrun.errors import SpecImmutable
+    from longrun.journal.registry import define
+
+    w = world(tmp_path)
+    path = JobPaths(w.root, w.rt.job_id).spec_file
+    doc = json.loads(path.read_text())
+    for field in ("sandbox", "allow_shell"):  # fields a later longrun added, with their defaults
+        doc["spec"].pop(field, None)
+    older = json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
+    path.write_text(older)
+    define(w.rt.loaded, w.root)
+    assert path.read_text() == older  # kept as the job's record
+    assert _run(w).record.job_id == w.rt.job_id  # and the job runs on
+
+    doc["spec"]["goal"] = "something else"
+    path.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+    with pytest.raises(SpecImmutable):
+        define(w.rt.loaded, w.root)
