@@ -227,11 +227,11 @@ def verify(
         mismatches.append(Mismatch(bundle["name"], "sha256 differs from the manifest's bundle digest"))
     if size != bundle["size"]:
         mismatches.append(Mismatch(bundle["name"], f"size {size} differs from the manifest's {bundle['size']}"))
-    mismatches += _check_members(tar_path, bundle["name"], subjects)
+    members, journal = _check_members(tar_path, bundle["name"], subjects)
+    mismatches += members
     recorded = manifest["predicate"].get("journal_chain")
-    chain = _check_bundled_chain(tar_path, recorded) if not mismatches else None
-    if chain is not None:
-        mismatches += chain
+    if not mismatches and journal is not None:
+        mismatches += _check_bundled_chain(journal, recorded)
     bundle_only = 0
     if job_files_root is not None:
         on_disk, bundle_only = _check_disk(Path(job_files_root), manifest["predicate"]["job_id"], subjects)
@@ -247,23 +247,8 @@ def verify(
     )
 
 
-def _bundled_journal(tar_path: Path) -> bytes | None:
-    with tarfile.open(tar_path, mode="r|gz") as tar:
-        for member in tar:
-            if member.name == EVENTS_MEMBER and member.isreg():
-                reader = tar.extractfile(member)
-                return reader.read() if reader is not None else None
-    return None
-
-
-def _check_bundled_chain(tar_path: Path, recorded: Mapping[str, Any] | None) -> list[Mismatch]:
+def _check_bundled_chain(data: bytes, recorded: Mapping[str, Any] | None) -> list[Mismatch]:
     """The bundled journal's hash chain holds, and its head is the one the manifest recorded."""
-    try:
-        data = _bundled_journal(tar_path)
-    except (tarfile.TarError, EOFError, zlib.error, OSError):
-        return []  # reported by the member check
-    if data is None:
-        return []
     chain = check_chain(data)
     out: list[Mismatch] = []
     if not chain.ok:
@@ -296,9 +281,13 @@ def _check_disk_chain(root: Path, job_id: str, recorded: Mapping[str, Any] | Non
     return out
 
 
-def _check_members(tar_path: Path, bundle_name: str, subjects: Mapping[str, Mapping[str, Any]]) -> list[Mismatch]:
+def _check_members(
+    tar_path: Path, bundle_name: str, subjects: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[Mismatch], bytes | None]:
+    """Mismatches of the members, and the bundled journal's bytes (kept as it streams by, for the chain check)."""
     out: list[Mismatch] = []
     seen: set[str] = set()
+    journal: bytes | None = None
     try:
         with tarfile.open(tar_path, mode="r|gz") as tar:
             for member in tar:
@@ -316,18 +305,22 @@ def _check_members(tar_path: Path, bundle_name: str, subjects: Mapping[str, Mapp
                     out.append(Mismatch(name, "in the bundle but not in the manifest"))
                     continue
                 reader = tar.extractfile(member)
-                sha, size = _hash_stream(reader) if reader is not None else (hashlib.sha256().hexdigest(), 0)
+                if reader is not None and name == EVENTS_MEMBER:
+                    journal = reader.read()
+                    sha, size = hashlib.sha256(journal).hexdigest(), len(journal)
+                else:
+                    sha, size = _hash_stream(reader) if reader is not None else (hashlib.sha256().hexdigest(), 0)
                 if sha != subject["digest"]["sha256"]:
                     out.append(Mismatch(name, "sha256 differs in the bundle"))
                 if size != subject["annotations"]["size"]:
                     out.append(Mismatch(name, f"size {size} in the bundle, manifest says {subject['annotations']['size']}"))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         out.append(Mismatch(bundle_name, f"not a readable tar.gz ({type(exc).__name__}: {exc})"))
-        return out
+        return out, None
     for name in sorted(set(subjects) - seen):
         if not any(m.name == name for m in out):
             out.append(Mismatch(name, "listed in the manifest but missing from the bundle"))
-    return out
+    return out, journal
 
 
 def _disk_path(root: Path, paths: JobPaths, name: str) -> Path | None:
