@@ -174,6 +174,17 @@ class Journal:
                 return
             self._sleep(poll)
 
+    def is_empty(self) -> bool:
+        """No complete event yet: a missing file, or only a torn first line. Reads no further than the first newline."""
+        try:
+            with open(self.path, "rb") as fh:
+                while chunk := fh.read(1 << 16):
+                    if b"\n" in chunk:
+                        return False
+        except FileNotFoundError:
+            pass
+        return True
+
     def state(self) -> RunState:
         """``replay(self.read())``."""
         return replay(self.read())

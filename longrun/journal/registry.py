@@ -15,7 +15,7 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from longrun import atomicio
 from longrun.errors import JobNotFound, LongrunError, SpecImmutable
@@ -119,19 +119,7 @@ def register(loaded: LoadedSpec, root: Path) -> JobRecord:
     paths = JobPaths(root, loaded.job_id)
     _refuse_lost_journal(paths)
     stored = store_spec(paths.spec_file, loaded)
-    journal = Journal(paths.events_file)
-    if journal.state().last_seq == 0:
-        journal.append(
-            "job_registered",
-            {
-                "job_id": loaded.job_id,
-                "name": loaded.spec.name,
-                "spec_sha256": hashlib.sha256(stored.encode("utf-8")).hexdigest(),
-                "source": str(loaded.source) if loaded.source else None,
-                "root": str(root),
-            },
-            job_id=loaded.job_id,
-        )
+    _first_event(paths, loaded, stored, root)
     return JobRecord(loaded.job_id, loaded.spec.name, paths)
 
 
@@ -148,24 +136,28 @@ def open_run(loaded: LoadedSpec, root: Path, claim: RunClaim) -> JobRecord:
         return register(loaded, root)
     _refuse_lost_journal(JobPaths(root, claim.run_id))
     paths = write_run_record(root, claim, loaded.canonical)
-    journal = Journal(paths.events_file)
-    if journal.state().last_seq == 0:
-        journal.append(
-            "job_registered",
-            {
-                "job_id": claim.run_id,
-                "name": loaded.spec.name,
-                "spec_sha256": hashlib.sha256(loaded.canonical.encode("utf-8")).hexdigest(),
-                "source": str(loaded.source) if loaded.source else None,
-                "root": str(root),
-                "job": claim.job_id,
-                "run_key": claim.key,
-                "trigger": claim.trigger,
-                "scheduled_for": claim.scheduled_for,
-            },
-            job_id=claim.run_id,
-        )
+    run = {"job": claim.job_id, "run_key": claim.key, "trigger": claim.trigger, "scheduled_for": claim.scheduled_for}
+    _first_event(paths, loaded, loaded.canonical, root, run)
     return JobRecord(claim.run_id, loaded.spec.name, paths, claim.job_id, claim)
+
+
+def _first_event(paths: JobPaths, loaded: LoadedSpec, spec_text: str, root: Path, run: dict[str, Any] | None = None) -> None:
+    """``job_registered`` into a journal that has no event yet (it is not read beyond its first line)."""
+    journal = Journal(paths.events_file)
+    if not journal.is_empty():
+        return
+    journal.append(
+        "job_registered",
+        {
+            "job_id": paths.job_id,
+            "name": loaded.spec.name,
+            "spec_sha256": hashlib.sha256(spec_text.encode("utf-8")).hexdigest(),
+            "source": str(loaded.source) if loaded.source else None,
+            "root": str(root),
+            **(run or {}),
+        },
+        job_id=paths.job_id,
+    )
 
 
 def find_job(root: Path, ref: str) -> JobRecord:

@@ -239,3 +239,17 @@ def test_a_spec_stored_by_an_older_longrun_is_kept_and_a_different_one_refused(t
     path.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
     with pytest.raises(SpecImmutable):
         define(w.rt.loaded, w.root)
+
+
+def test_the_first_event_is_written_once_and_a_torn_first_line_counts_as_empty(tmp_path):
+    from longrun.journal.registry import register
+
+    w = world(tmp_path)  # registered: job_registered written
+    register(w.rt.loaded, w.root)
+    assert [e.type for e in w.journal.read()] == ["job_registered"]
+    other = Journal(tmp_path / "other.jsonl")
+    assert other.is_empty()
+    other.path.write_bytes(b'{"seq": 1, "ty')  # an append cut by a crash
+    assert other.is_empty()
+    other.path.write_bytes(w.journal.path.read_bytes())
+    assert not other.is_empty()
