@@ -52,7 +52,7 @@ from longrun.execution.runtime import JobRuntime
 from longrun.execution.stages import run_stage
 from longrun.flows.approvals import PrefectApprover
 from longrun.flows.deploy import utc_text
-from longrun.flows.ui import Progress, emit_prefect_event, iteration_artifacts
+from longrun.flows.ui import Progress, emit_prefect_event, gate_detail, iteration_artifacts
 from longrun.journal.chain import line_hash
 from longrun.journal.events import Event
 from longrun.journal.local import Journal
@@ -76,16 +76,6 @@ def gate_task(rt: JobRuntime, gate: PlannedGate, iteration: int, inp: GateInput)
     return evaluate_gate(rt, gate, iteration, inp)
 
 
-def _gate_reason(result: GateResult) -> str:
-    ev = result.evidence
-    for key in ("reason", "message"):
-        if isinstance(ev.get(key), str) and ev[key]:
-            return str(ev[key])
-    if "exit_code" in ev:
-        return f"exit code {ev['exit_code']}"
-    return "did not pass"
-
-
 def _mark_gate_failed(task_run_id: Any, gate: PlannedGate, result: GateResult) -> None:
     """A gate that did not pass: its task run ends Failed (``GateFailed``) in the UI, after its record was persisted.
 
@@ -98,7 +88,9 @@ def _mark_gate_failed(task_run_id: Any, gate: PlannedGate, result: GateResult) -
     try:
         with get_client(sync_client=True) as client:
             client.set_task_run_state(
-                task_run_id, Failed(name="GateFailed", message=f"gate {gate.id} failed: {_gate_reason(result)}"), force=True
+                task_run_id,
+                Failed(name="GateFailed", message=f"gate {gate.id} failed: {gate_detail(result) or 'did not pass'}"),
+                force=True,
             )
     except Exception:  # the journal and the record hold the truth; a lost UI state must not stop the job
         pass

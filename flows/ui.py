@@ -37,7 +37,7 @@ def iteration_artifacts(rt: Any, iteration: int, summary_md: str, gates: list[An
             "kind": g.gate_kind,
             "required": g.required,
             "result": "PASS" if g.passed else "FAIL",
-            "detail": _detail(g),
+            "detail": gate_detail(g),
         }
         for g in gates
     ]
@@ -62,7 +62,8 @@ class Progress:
         update_progress_artifact(artifact_id=self.id, progress=round(value, 2))
 
 
-def _detail(g: Any) -> str:
+def gate_detail(g: Any) -> str:
+    """What a gate's evidence says, in a few words (the artifact table, a failed gate task's message)."""
     ev = g.evidence
     if "tests" in ev:
         return f"{ev['passed']}/{ev['tests']} passed"

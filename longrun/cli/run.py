@@ -101,7 +101,9 @@ def _already_over(record, state, out: Out) -> int | None:
     Unless its evidence is behind (killed between its end and its bundle): then the
     flow runs, and the engine builds the bundle and runs the strict check.
     """
-    if state.status not in ("COMPLETED", "REJECTED") or state.evidence_behind:
+    from longrun.journal.runs import OVER
+
+    if state.status not in OVER or state.evidence_behind:
         return None
     _print_outcome(record.outcome(), out)
     return STATUS_EXIT[state.status]
@@ -136,14 +138,14 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
 def _resumable(root: Path, ref: str):
     """``JOB@RUN`` as named; ``JOB``: its last run that is not over (else its last run)."""
     from longrun.journal.registry import find_job, run_record
-    from longrun.journal.runs import list_runs
+    from longrun.journal.runs import OVER, list_runs
 
     record = find_job(root, ref)
     if "@" in ref or (record.claim is None and record.definition != record.job_id):
         return record
     for claim in reversed(list_runs(root, record.definition)):
         candidate = run_record(root, claim)
-        if candidate.state().status not in ("COMPLETED", "REJECTED"):
+        if candidate.state().status not in OVER:
             return candidate
     return record
 

@@ -27,6 +27,7 @@ from longrun.execution.checkpoint import StageResult
 from longrun.governance.budget import BudgetGovernor, expected_stage_io, expected_stage_spend
 from longrun.governance.policy import blocking_approval
 from longrun.governance.stop import StopCondition, StopInput, policy_from_spec
+from longrun.journal.runs import OVER
 from longrun.spec.compile import ExecutionPlan
 from longrun.workspace import worktree
 
@@ -196,7 +197,7 @@ def _interrupted(s: Session, exc: BaseException) -> None:
 def _start(s: Session, source: str | None, force: bool) -> dict[str, Any] | None:
     """Journal ``run_started``, or return the outcome of a run with nothing to start."""
     rt, state = s.rt, s.state
-    if state.status in ("COMPLETED", "REJECTED"):
+    if state.status in OVER:
         if state.evidence_behind:
             # Interrupted between the end of the run and its bundle: finish it now (bundle, strict check).
             s.say(f"{rt.spec.name} ({rt.job_id}) is {state.status}; building the evidence bundle it did not get")

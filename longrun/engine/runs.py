@@ -29,13 +29,10 @@ from longrun.errors import JobNotFound, LongrunError
 from longrun.journal.local import Journal
 from longrun.journal.payloads import RunStarted
 from longrun.journal.registry import JobRecord, define, live_local_pid, open_run
-from longrun.journal.runs import FIRST_RUN_KEY, RunClaim, claim_run, list_runs, run_id_for
+from longrun.journal.runs import FIRST_RUN_KEY, OVER, RunClaim, claim_run, list_runs, run_id_for
 from longrun.journal.state import RunState
 from longrun.spec.loader import LoadedSpec
 from longrun.storage.paths import JobPaths
-
-#: A run in one of these states is over: a keyless start opens a new run instead.
-OVER = frozenset({"COMPLETED", "REJECTED"})
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,11 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)
     #: Directories to remove once the prune is journaled.
     remove: list[Path] = field(default_factory=list)
-    #: Only files of iterations an interrupted prune already journaled are left to remove.
-    leftovers: bool = False
+
+    @property
+    def leftovers(self) -> bool:
+        """Only files of iterations an interrupted prune already journaled are left to remove."""
+        return bool(self.remove) and not self.iterations
 
     @property
     def changed(self) -> bool:
@@ -207,7 +210,6 @@ def _prune_checkpoints(result: PruneResult, root: Path, state: Any, keep_last: i
                 result.remove.append(target)
     # Iterations a crashed prune already journaled are only cleaned up, not journaled again.
     result.iterations = [it for it in candidates if it not in set(state.pruned_iterations)]
-    result.leftovers = bool(result.remove) and not result.iterations
 
 
 def _remove(targets: list[Path]) -> None:

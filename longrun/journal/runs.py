@@ -39,6 +39,8 @@ from longrun import atomicio
 from longrun.errors import LongrunError
 from longrun.storage.paths import JOB_ID_RE, JobPaths, check_job_id
 
+#: A run in one of these states is over: a keyless start opens a new run instead, ``resume`` passes it by.
+OVER = frozenset({"COMPLETED", "REJECTED"})
 #: The key shown for a job's first keyless run, stored under the job's own id.
 FIRST_RUN_KEY = "first"
 #: Longest run key accepted (a cron time, an idempotency key, ``manual:<uuid>``).
