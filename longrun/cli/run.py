@@ -36,7 +36,7 @@ def _run_flow(
     """Run the job's flow in this process and report the run's outcome from its journal."""
     from longrun.cli.connect import connect
     from longrun.engine.preflight import preflight
-    from longrun.journal.registry import find_job
+    from longrun.journal.registry import find_job, outcome_dict
 
     preflight(loaded, root, loaded.source.parent if loaded.source else None)
     api_url = connect(args)  # before Prefect is imported; prefect_unavailable if no server can be had
@@ -58,8 +58,8 @@ def _run_flow(
         if code in EXIT_CODES:
             raise LongrunError(message, code=code)
     record = find_job(root, end.run or job_id or loaded.job_id)
-    outcome = record.outcome(run_id=end.flow_run_id)
-    journaled = record.state()
+    journaled = record.state()  # replayed once, for the outcome, the failure check and the evidence
+    outcome = outcome_dict(record.job_id, record.name, journaled, end.flow_run_id)
     if not end.completed and (not journaled.is_terminal or journaled.status == "FAILED"):
         # The journal is the record; Prefect's state only matters when the
         # journal could not say how the run ended (a crash). A pause that timed
@@ -67,7 +67,7 @@ def _run_flow(
         failure = record.last_failure()
         outcome.update(failure or {"code": "run_crashed", "message": end.message or "the job flow crashed"})
         outcome["status"] = "FAILED"
-    evidence = record.state().evidence or {}
+    evidence = journaled.evidence or {}
     failed, uploaded = evidence.get("upload_failed"), evidence.get("uploaded")
     if failed and (not uploaded or failed["ts"] > uploaded["ts"]):
         outcome["evidence_upload_failed"] = dict(failed)
