@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 JOB_ID_PATTERN = r"^[0-9a-f]{12}$"
 
@@ -50,6 +50,14 @@ def freeze(value: Any) -> Any:
 def format_ts(ts: datetime) -> str:
     """ISO 8601 in UTC with microseconds and a ``Z`` suffix."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _to_utc(v: datetime) -> datetime:
+    return v.astimezone(UTC)
+
+
+#: A timestamp in a payload: read as UTC, written as :func:`format_ts` writes it.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc), PlainSerializer(format_ts, return_type=str)]
 
 
 class Payload(BaseModel):
@@ -215,18 +223,9 @@ class StoppedBudget(Payload):
 class BudgetWait(Payload):
     """The hourly window is full and ``on_hourly_limit: wait``: the run sleeps until ``until``."""
 
-    until: AwareDatetime
+    until: UtcDatetime
     reason: BudgetReason = "per_hour_usd"
     counters: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("until")
-    @classmethod
-    def _until_utc(cls, v: datetime) -> datetime:
-        return v.astimezone(UTC)
-
-    @field_serializer("until")
-    def _ser_until(self, v: datetime) -> str:
-        return format_ts(v)
 
 
 class RateLimited(Payload):
@@ -236,20 +235,11 @@ class RateLimited(Payload):
     iteration: int = Field(ge=1)
     stage: str
     attempt: int = Field(ge=1)
-    until: AwareDatetime
+    until: UtcDatetime
     resets_at_reported: bool = Field(True, description="False when the tool gave no reset time and a default wait applies.")
     kind: str | None = Field(None, description="The tool's name for the limit (five_hour, usage_limit, quota …).")
     message: str = ""
     usage: Usage = Field(default_factory=Usage)
-
-    @field_validator("until")
-    @classmethod
-    def _until_utc(cls, v: datetime) -> datetime:
-        return v.astimezone(UTC)
-
-    @field_serializer("until")
-    def _ser_until(self, v: datetime) -> str:
-        return format_ts(v)
 
 
 def escalation_step(gate: str) -> str:
