@@ -126,7 +126,13 @@ def test_reject_ends_the_run_rejected(background, cli_env, tmp_path):
     assert r.returncode == 0, r.stderr
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 5, err
-    assert json.loads(out)["status"] == "REJECTED"
+    outcome = json.loads(out)
+    assert outcome["status"] == "REJECTED"
+    # The flow run tells the outcome: Cancelled, named Rejected, the step in its message.
+    state = api("GET", f"{cli_env['PREFECT_API_URL']}/flow_runs/{outcome['run_id']}").json()["state"]
+    assert (state["type"], state["name"]) == ("CANCELLED", "Rejected") and state["message"].startswith("REJECTED: before-work"), (
+        state
+    )
     assert decisions(journal) == [("rejected", "before-work", "erin", "not today")]
     assert not (tmp_path / "ws" / "ran.txt").exists()
     again = longrun_cli("resume", job_id, "--root", str(tmp_path), cwd=tmp_path, env=cli_env)
