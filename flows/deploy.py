@@ -125,7 +125,12 @@ def deployment_parameters(loaded: LoadedSpec, root: str | Path, source: str | Pa
     ``source`` (default: the file the spec was loaded from) is where the flow
     finds the workspace template when the workspace does not exist yet.
     """
+    from longrun.storage.mirror import is_remote_ref
+
     src = source if source is not None else loaded.source
+    if is_remote_ref(root):
+        # A remote root: any worker of the pool can run it, so no path of this machine goes with it.
+        return {"spec": canonical_spec(loaded), "root": str(root), "source": None}
     return {
         "spec": canonical_spec(loaded),
         "root": str(Path(root).resolve()),

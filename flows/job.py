@@ -61,6 +61,7 @@ from longrun.journal.runs import JobLock
 from longrun.journal.state import RunState
 from longrun.spec.compile import PlannedGate, PlannedStage
 from longrun.spec.loader import LoadedSpec, canonical_json, job_id_for, stored_spec_data, validate_spec_data
+from longrun.storage import mirror
 
 # ------------------------------------------------------------------ tasks
 
@@ -222,7 +223,7 @@ class PrefectLiveness:
 def session_for(rt: JobRuntime, *, lock: JobLock | None = None, choice: RunChoice | None = None) -> Session:
     """A session on Prefect's ports for the run ``rt`` names (opened by :func:`choose_run`)."""
     ports = Ports(
-        journal=Journal(rt.paths.events_file),
+        journal=Journal(rt.paths.events_file, owner=rt.run_id),
         records=JobRecords(rt.paths),
         executor=PrefectExecutor(rt),
         workspace=GitWorkspace(),
@@ -284,12 +285,13 @@ def longrun_job(
     canonical spec are kept even if this longrun would hash the spec differently.
     The flow run ends in a state that tells the run's outcome (:func:`final_state`).
     """
-    root_path = Path(root).resolve()
     flow_run: Any = get_run_context().flow_run  # type: ignore[union-attr]
     flow_run_id = str(flow_run.id)
     rt: JobRuntime | None = None  # the run's runtime, once the run is chosen
     lock: JobLock | None = None
     try:
+        # A directory, or the local mirror of an s3:// root (any worker: the deployment holds the URL).
+        root_path = mirror.open_root(root)
         loaded, run_id = _definition(root_path, spec, source, job_id)
         lock = JobLock(root_path, loaded.job_id).acquire()
         choice = choose_run(
@@ -302,6 +304,7 @@ def longrun_job(
             force=force,
         )
         rt = JobRuntime(loaded=replace(loaded, job_id=choice.record.job_id), root=root_path, run_id=flow_run_id)
+        mirror.pull_tree(rt.paths.checkpoints)  # a remote root: the run's checkpoints, wherever they were written
         outcome = run_job(session_for(rt, lock=lock, choice=choice), source=source, force=force)
     except LongrunError as exc:
         # Expected failures end the flow run with the code, not a traceback; a refusal touches no journal.

@@ -84,6 +84,19 @@ class Out:
             print(human)
 
 
+def root_ref(args: argparse.Namespace) -> str:
+    """The job root as given: ``--root``, else ``$LONGRUN_ROOT``, else the current directory.
+
+    A directory comes back absolute; an ``s3://BUCKET/PREFIX`` URL as it is.
+    """
+    from longrun.storage.mirror import is_remote_ref, normalize_url
+
+    ref = getattr(args, "root", None) or os.environ.get("LONGRUN_ROOT") or "."
+    return normalize_url(ref) if is_remote_ref(ref) else str(Path(ref).resolve())
+
+
 def job_root(args: argparse.Namespace) -> Path:
-    """The job root holding ``.maestro/``: ``--root``, else ``$LONGRUN_ROOT``, else the current directory."""
-    return Path(getattr(args, "root", None) or os.environ.get("LONGRUN_ROOT") or ".").resolve()
+    """The local path of the job root holding ``.maestro/``: the directory, or the mirror of a remote root."""
+    from longrun.storage.mirror import open_root
+
+    return open_root(root_ref(args))

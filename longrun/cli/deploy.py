@@ -32,7 +32,7 @@ import signal
 import sys
 from typing import Any
 
-from longrun.cli.common import EXIT_OK, Out, job_root
+from longrun.cli.common import EXIT_OK, Out, job_root, root_ref
 from longrun.cli.connect import add_ephemeral
 from longrun.errors import LongrunError
 
@@ -143,7 +143,7 @@ def cmd_deploy(args: argparse.Namespace, out: Out) -> int:
     preflight(loaded, root, loaded.source.parent if loaded.source else None, probe_sandbox=False)
     try:
         plan = plan_deployment(
-            loaded, root, name=args.name, concurrency_limit=args.concurrency, collision_strategy=args.collision_strategy
+            loaded, root_ref(args), name=args.name, concurrency_limit=args.concurrency, collision_strategy=args.collision_strategy
         )
     except ValueError as exc:
         raise LongrunError(str(exc), code="usage_error") from None
@@ -289,7 +289,8 @@ def cmd_trigger(args: argparse.Namespace, out: Out) -> int:
         raise LongrunError("--key is empty", code="usage_error")
     parameters = None
     if getattr(args, "root", None):
-        parameters = {"root": str(job_root(args))}
+        job_root(args)  # a bad or unreachable root is refused here, not in the flow run
+        parameters = {"root": root_ref(args)}
     from longrun.flows.deploy_trigger import trigger
 
     _api_note()

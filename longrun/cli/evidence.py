@@ -29,7 +29,7 @@ from typing import Any
 
 from longrun.cli.common import EXIT_EVIDENCE_UPLOAD_FAILED, EXIT_FAILED, EXIT_OK, Out, job_root
 from longrun.errors import EvidenceMissing, EvidenceStoreInvalid, LongrunError
-from longrun.storage import BLOCK_SLUGS
+from longrun.storage import BLOCK_SLUGS, mirror
 
 __all__ = ["PARSERS", "cmd_evidence", "cmd_verify"]
 
@@ -93,6 +93,7 @@ def cmd_evidence(args: argparse.Namespace, out: Out) -> int:
         args.parser.error("expected 'evidence JOB' or 'evidence push JOB'")
     root = job_root(args)
     record = find_job(root, ref)
+    mirror.pull_tree(record.paths.checkpoints)  # a remote root: the checkpoints other machines wrote
     if push:
         outcome = push_evidence(root, record.job_id, _store_ref(args, record), record.journal)
     else:
@@ -144,6 +145,7 @@ def _store_ref(args: argparse.Namespace, record: Any) -> str | None:
 
 
 def cmd_verify(args: argparse.Namespace, out: Out) -> int:
+    from longrun.evidence.publish import fetch_uploaded_bundle
     from longrun.evidence.verify import verify
 
     target: str = args.target
@@ -177,7 +179,10 @@ def cmd_verify(args: argparse.Namespace, out: Out) -> int:
         return _verify_strict(root, record, out)
     tar_path, manifest_path = bundle_paths(root, record.job_id)
     if not manifest_path.is_file():
+        fetch_uploaded_bundle(root, record.job_id, record.state(), endpoint_url=args.endpoint_url)
+    if not manifest_path.is_file():
         raise EvidenceMissing(f"job {record.job_id} has no evidence bundle yet; build it with: longrun evidence {record.job_id}")
+    mirror.pull_tree(record.paths.checkpoints)  # a remote root: the files the bundle is checked against
     report = verify(manifest_path, bundle or tar_path, job_files_root=root)
     return _report(_signed(report, args), out, label=f"{record.name} ({record.job_id})")
 

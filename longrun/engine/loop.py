@@ -28,6 +28,7 @@ from longrun.governance.budget import BudgetGovernor, expected_stage_io, expecte
 from longrun.governance.policy import blocking_approval
 from longrun.governance.stop import StopCondition, StopInput, policy_from_spec
 from longrun.journal.runs import OVER
+from longrun.journal.state import RunState
 from longrun.spec.compile import ExecutionPlan
 from longrun.workspace import worktree
 
@@ -170,6 +171,8 @@ def run_job(s: Session, *, source: str | None = None, force: bool = False) -> di
     try:
         _loop(Engine.for_session(s))
     except LongrunError as exc:
+        if exc.code == "job_already_running":
+            raise  # another flow run took this run over (journal.remote): its journal is not ours to write
         s.emit("run_failed", {"code": exc.code, "message": exc.message})
         exc.journaled = True
         raise
@@ -217,8 +220,19 @@ def _start(s: Session, source: str | None, force: bool) -> dict[str, Any] | None
             code="job_already_running",
         )
     s.ports.workspace.prepare(rt, Path(source).parent if source else None)
-    s.start_segment(resumed=state.iteration > 0)
+    # A compare-and-set: the check runs on the journal as it is at our seq (on a remote root, whoever
+    # appended meanwhile on another machine), so two engines never both start one run.
+    s.start_segment(resumed=state.iteration > 0, unless=None if force else lambda st: _live_elsewhere(s, st))
     return None
+
+
+def _live_elsewhere(s: Session, state: RunState) -> LongrunError | None:
+    why = alive(state, s.ports.liveness, s.rt.run_id)
+    if why is None:
+        return None
+    return LongrunError(
+        f"{s.rt.spec.name} ({s.rt.job_id}) is already RUNNING ({why}); refusing to start it twice", code="job_already_running"
+    )
 
 
 def _loop(e: Engine) -> None:

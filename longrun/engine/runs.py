@@ -147,5 +147,4 @@ def first_run(job_id: str) -> RunClaim:
 
 
 def _state(root: Path, claim: RunClaim) -> RunState:
-    path = JobPaths(root, claim.run_id).events_file
-    return Journal(path).state() if path.exists() else RunState()
+    return Journal(JobPaths(root, claim.run_id).events_file).state()

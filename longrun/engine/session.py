@@ -120,7 +120,7 @@ class Session:
 
     # -- runs -----------------------------------------------------------------
 
-    def start_segment(self, *, resumed: bool = True) -> None:
+    def start_segment(self, *, resumed: bool = True, unless: Callable[[RunState], LongrunError | None] | None = None) -> None:
         """``run_started``: this run begins, or goes on after an approval (a new active segment).
 
         It names this process and host, so the duplicate-run guard and
@@ -136,6 +136,7 @@ class Session:
                 "host": socket.gethostname(),
                 **self._sandbox_fields(),
             },
+            unless=unless,
         )
 
     def _sandbox_fields(self) -> dict[str, Any]:

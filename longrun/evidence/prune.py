@@ -32,6 +32,7 @@ from typing import Any
 
 from longrun import faults
 from longrun.errors import LongrunError
+from longrun.storage import mirror
 
 __all__ = ["PruneResult", "parse_age", "prune_job"]
 
@@ -136,6 +137,12 @@ def prune_job(
         return result
 
     loaded = record.load()
+    if mirror.remote_for(root) is not None:
+        # A remote root: prune what the store holds (the checkpoints and the bundle that keeps them).
+        from longrun.evidence.publish import fetch_uploaded_bundle
+
+        mirror.pull_tree(record.paths.checkpoints)
+        fetch_uploaded_bundle(root, record.job_id, state)
     _prune_worktree(result, root, loaded, dry_run)
     if status in FINAL:
         _prune_checkpoints(result, root, state, keep_last, dry_run)
@@ -214,6 +221,7 @@ def _prune_checkpoints(result: PruneResult, root: Path, state: Any, keep_last: i
 
 def _remove(targets: list[Path]) -> None:
     for i, target in enumerate(targets):
+        mirror.remove_tree(target)  # a remote root: the store's copy first, so it never outlives the journal's word
         if target.exists():
             shutil.rmtree(target)
         if i == 0:

@@ -24,7 +24,7 @@ from longrun.errors import EvidenceStoreInvalid, LongrunError
 from longrun.evidence.bundle import BundleResult, build_bundle
 from longrun.evidence.signing import envelope_path, load_private_key, sign_manifest
 from longrun.evidence.verify import load_bundle, verify
-from longrun.storage import EvidenceStore, StoredObject, resolve_store
+from longrun.storage import EvidenceStore, StoredObject, mirror, resolve_store
 from longrun.storage.paths import check_job_id
 
 __all__ = ["EvidenceOutcome", "finalize_evidence", "push_evidence", "remote_keys"]
@@ -113,6 +113,7 @@ def finalize_evidence(
         job_id=job_id,
     )
     faults.point("evidence.built")
+    store_ref = store_ref or mirror.default_evidence_store(root)
     if store_ref is None:
         return EvidenceOutcome(bundle, "local")
     return _upload(root, bundle, store_ref, journal)
@@ -129,6 +130,7 @@ def push_evidence(root: Path, job_id: str, store_ref: str | None, journal: Event
     """
     root = Path(root)
     bundle = load_bundle(root, check_job_id(job_id))
+    store_ref = store_ref or mirror.default_evidence_store(root)
     if store_ref is None:
         raise EvidenceStoreInvalid(f"job {job_id} has no evidence store: set evidence.store in its spec or pass --store")
     verify(bundle.manifest_path, bundle.tar_path).raise_for_mismatch()
@@ -166,3 +168,25 @@ def _sha256(path: Path) -> str:
     from longrun.execution.checkpoint import sha256_file
 
     return sha256_file(path)
+
+
+def fetch_uploaded_bundle(root: Path, job_id: str, state: Any, *, endpoint_url: str | None = None) -> bool:
+    """No bundle on this machine (it was built on another): download the one the journal says was uploaded.
+
+    True when a bundle and its manifest are here now. Only ``s3://`` uploads are fetched.
+    """
+    from longrun.evidence.bundle import bundle_paths
+    from longrun.storage import parse_s3_uri
+    from longrun.storage.s3 import S3Store
+
+    tar_path, manifest_path = bundle_paths(root, check_job_id(job_id))
+    if manifest_path.is_file():
+        return True
+    uploaded = ((state.evidence or {}).get("uploaded")) or {}
+    uri, manifest_uri = uploaded.get("uri"), uploaded.get("manifest_uri")
+    if not (isinstance(uri, str) and isinstance(manifest_uri, str) and uri.startswith("s3://")):
+        return False
+    for src, dest in ((uri, tar_path), (manifest_uri, manifest_path)):
+        bucket, key = parse_s3_uri(src)
+        S3Store.from_uri(f"s3://{bucket}", endpoint_url=endpoint_url).get(key, dest)
+    return True

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from longrun import atomicio
 from longrun.errors import LongrunError, PathEscape
+from longrun.storage import mirror
 from longrun.storage.paths import open_nofollow
 
 RECORD_VERSION = 1
@@ -183,11 +184,22 @@ class CheckpointStore:
                 if "/" in name or name.startswith("."):
                     raise PathEscape(f"checkpoint file name {name!r} is not a plain name")
                 atomicio.write_atomic(target.parent / name, text)
+            # On a remote root the same order in the store: a record the journal names is in the
+            # store before the journal names it.
+            for name in doc["files"]:
+                mirror.push(target.parent / name)
+        log = self.resolve("/".join(key.split("/")[:2])) / "command.log"
+        if log.is_file():
+            mirror.push(log)  # the stages' output so far travels with each record
         atomicio.write_atomic(target, content)
+        mirror.push(target)
         return target
 
     def read(self, key: str) -> bytes:
-        return self.resolve(key).read_bytes()
+        target = self.resolve(key)
+        if not target.exists():
+            mirror.fetch(target)  # a remote root: the record another machine wrote
+        return target.read_bytes()
 
 
 # ---------------------------------------------------------------- content

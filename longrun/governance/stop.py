@@ -96,6 +96,9 @@ class stop_file(StopCondition):
         for p in self.paths:
             if self.exists(p):
                 return StopDecision("stop_file", {"path": str(p)})
+        if inp.state.stop_requested:
+            # `longrun stop` journals its request too: on a remote root that is how it reaches the worker.
+            return StopDecision("stop_file", {"requested": True})
         return None
 
 

@@ -12,6 +12,14 @@ holds an exclusive ``flock`` on the file while it
 
 Readers take no lock: appends are whole-line writes, and a final line without
 ``\\n`` is ignored as not yet (or never) written.
+
+On a remote job root (:mod:`longrun.storage.mirror`) the file is the mirror of
+the store's journal (:mod:`longrun.journal.remote`): every read first fetches
+the events the store has beyond it, and an append is a compare-and-set of the
+next seq's object in the store, written to the file only once it won. A lost
+race fetches the winner's events and tries again, unless the winner started
+the run in another flow run (``run_started``): then this writer, the run's
+former owner, stops with ``job_already_running`` and writes nothing more.
 """
 
 from __future__ import annotations
@@ -31,13 +39,17 @@ from longrun.journal.chain import chain_link
 from longrun.journal.events import Event, build_event, parse_event
 from longrun.journal.fold import replay
 from longrun.journal.payloads import Payload
+from longrun.journal.remote import SEGMENT, RemoteLog
 from longrun.journal.state import RunState
+from longrun.storage import mirror
 
 __all__ = ["JOURNAL_NAME", "Journal", "utc_now"]
 
 JOURNAL_NAME = "events.jsonl"
 
 _CHUNK = 64 * 1024
+#: Compare-and-set attempts of one append on a remote root before ``journal_contended``.
+APPEND_TRIES = 50
 
 
 def utc_now() -> datetime:
@@ -54,10 +66,15 @@ class Journal:
         *,
         clock: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        owner: str | None = None,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._sleep = sleep
+        #: The flow run that runs this run (the engine's journal): a ``run_started`` of another one is a takeover.
+        self.owner = owner
+        loc = mirror.locate(self.path)
+        self._remote = RemoteLog(*loc) if loc is not None else None
         #: (byte offset, line number, last seq) after the last complete line read.
         self._cursor = (0, 0, 0)
 
@@ -96,28 +113,102 @@ class Journal:
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            end = _last_newline(fd, size) + 1
-            if end != size:
-                atomicio.truncate(fd, end)  # torn tail from a crash: drop it
-            last, last_line = self._last_event(fd, end)
-            if last is not None and last.job_id != job_id:
-                raise ValueError(f"{self.path} belongs to job {last.job_id}, not {job_id}")
-            if unless is not None and (refusal := unless(replay(Journal(self.path).read()))) is not None:
-                # A compare-and-set: the check sees every event appended before ours, under the lock.
-                raise refusal
-            event = build_event(
-                type,
-                payload,
-                seq=(last.seq if last else 0) + 1,
-                job_id=job_id,
-                ts=ts if ts is not None else self._clock(),
-                prev=chain_link(last_line, type, payload),
+            for _ in range(APPEND_TRIES):
+                pulled = self._pull_locked(fd)
+                self._check_owner(pulled)
+                end = os.fstat(fd).st_size
+                last, last_line = self._last_event(fd, end)
+                if last is not None and last.job_id != job_id:
+                    raise ValueError(f"{self.path} belongs to job {last.job_id}, not {job_id}")
+                if unless is not None and (refusal := unless(replay(self._read_local()))) is not None:
+                    # A compare-and-set: the check sees every event appended before ours, under the lock.
+                    raise refusal
+                event = build_event(
+                    type,
+                    payload,
+                    seq=(last.seq if last else 0) + 1,
+                    job_id=job_id,
+                    ts=ts if ts is not None else self._clock(),
+                    prev=chain_link(last_line, type, payload),
+                )
+                line = event.to_line()
+                if self._remote is not None and not self._remote.put(event.seq, line):
+                    continue  # another writer appended this seq first: fetch it and decide again
+                atomicio.append_line(fd, line)
+                if self._remote is not None and event.seq % SEGMENT == 0:
+                    self._remote.compact(event.seq, self._last_lines(fd, SEGMENT))
+                return event
+            raise LongrunError(
+                f"{self.path}: {APPEND_TRIES} appends in a row lost their race to other writers; nothing was written",
+                code="journal_contended",
+                retryable=True,
             )
-            atomicio.append_line(fd, event.to_line())
-            return event
         finally:
             os.close(fd)  # also releases the flock
+
+    # -- the store (a remote root) -------------------------------------------------
+
+    def _pull_locked(self, fd: int) -> list[Event]:
+        """Repair a torn tail, then append the events the store has beyond the file (the file's lock is held)."""
+        size = os.fstat(fd).st_size
+        end = _last_newline(fd, size) + 1
+        if end != size:
+            atomicio.truncate(fd, end)  # torn tail from a crash: drop it
+        if self._remote is None:
+            return []
+        last, _ = self._last_event(fd, end)
+        lines = self._remote.lines_after(last.seq if last else 0)
+        if not lines:
+            return []
+        events = [_parse_line(line[:-1], f"{self._remote!r}") for line in lines]
+        data = b"".join(lines)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        return events
+
+    def sync(self) -> None:
+        """Bring the mirror up to the store's journal (no-op on a local root)."""
+        self._pull()
+
+    def _pull(self) -> None:
+        """Bring the mirror up to the store's journal (no-op on a local root)."""
+        if self._remote is None:
+            return
+        if not self.path.exists() and not self._remote.lines_after(0):
+            return  # nothing in the store either: create no file
+        try:
+            fd = atomicio.open_for_update(self.path)
+        except OSError:
+            return  # a read-only mirror: read what it has
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._pull_locked(fd)
+        finally:
+            os.close(fd)
+
+    def _check_owner(self, pulled: list[Event]) -> None:
+        """Stop an engine whose run another flow run has started meanwhile (a takeover)."""
+        if self.owner is None:
+            return
+        for event in pulled:
+            other = getattr(event.payload, "flow_run_id", None) if event.type == "run_started" else None
+            if other is not None and other != self.owner:
+                host = getattr(event.payload, "host", None)
+                raise LongrunError(
+                    f"{self.path}: flow run {other}{f' on {host}' if host else ''} started this run (event {event.seq}); "
+                    "this one stops and writes nothing more",
+                    code="job_already_running",
+                )
+
+    def _last_lines(self, fd: int, n: int) -> list[bytes]:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0).splitlines(keepends=True)[-n:]
+
+    def _read_local(self) -> list[Event]:
+        events, _, _, _ = self._scan(0, 0, 0)
+        return events
 
     def _last_event(self, fd: int, end: int) -> tuple[Event | None, bytes | None]:
         """The event on the last complete line of a file whose lines end at ``end``, and that line's bytes."""
@@ -135,8 +226,11 @@ class Journal:
         Raises :class:`JournalCorrupt` (naming the line) for a malformed line
         or a seq that does not increase.
         """
+        self._pull()
         self._cursor = (0, 0, 0)
-        return self.tail()
+        events, *cursor = self._scan(0, 0, 0)
+        self._cursor = (cursor[0], cursor[1], cursor[2])
+        return events
 
     def tail(self) -> list[Event]:
         """Events appended since the last :meth:`read` or :meth:`tail` of this object.
@@ -144,12 +238,14 @@ class Journal:
         Reads only the bytes after the last complete line seen, so following
         a journal costs what it gained, not its length.
         """
+        self._pull()
         events, *cursor = self._scan(*self._cursor)
         self._cursor = (cursor[0], cursor[1], cursor[2])
         return events
 
     def iter_from(self, seq: int) -> Iterator[Event]:
         """Events with ``event.seq >= seq``, in order (the whole file is validated)."""
+        self._pull()
         events, _, _, _ = self._scan(0, 0, 0)
         return (e for e in events if e.seq >= seq)
 
@@ -176,6 +272,7 @@ class Journal:
 
     def is_empty(self) -> bool:
         """No complete event yet: a missing file, or only a torn first line. Reads no further than the first newline."""
+        self._pull()
         try:
             with open(self.path, "rb") as fh:
                 while chunk := fh.read(1 << 16):

@@ -17,16 +17,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longrun import atomicio
 from longrun.errors import JobNotFound, LongrunError, SpecImmutable
 from longrun.journal.local import Journal
 from longrun.journal.payloads import RunFailed, RunStarted
-from longrun.journal.runs import RunClaim, list_runs, read_claim, write_run_record
+from longrun.journal.runs import RunClaim, fetch_record, list_runs, read_claim, write_run_record
 from longrun.journal.state import RunState
 
 if TYPE_CHECKING:
     from longrun.spec.loader import LoadedSpec
 
+from longrun.storage import mirror
 from longrun.storage.paths import JOB_ID_RE, JobPaths, jobs_dir
 
 
@@ -100,7 +100,7 @@ def store_spec(path: Path, loaded: LoadedSpec) -> str:
     which ignores defaults). Anything else is ``job_spec_immutable``.
     """
     try:
-        atomicio.write_once(path, loaded.canonical + "\n")
+        mirror.write_once(path, loaded.canonical + "\n")
         return loaded.canonical
     except SpecImmutable:
         from longrun.spec.loader import job_id_for, load_canonical
@@ -202,7 +202,7 @@ def _find_definition(root: Path, ref: str) -> JobRecord:
     base = jobs_dir(root)
     if JOB_ID_RE.match(ref):
         paths = JobPaths(root, ref)
-        if paths.spec_file.exists():
+        if fetch_record(paths):
             claim = read_claim(root, ref)
             rec = record_at(paths)
             return JobRecord(rec.job_id, rec.name, paths, claim.job_id if claim else ref, claim)
@@ -245,6 +245,9 @@ def live_local_pid(started: RunStarted | None) -> int | None:
 def list_jobs(root: Path, *, latest_run: bool = True) -> list[JobRecord]:
     """Every job under ``root`` (not its runs), each as its latest run's record unless ``latest_run`` is False."""
     base = jobs_dir(root)
+    for name in mirror.list_names(base) or ():  # a remote root: every job and run the store holds
+        if JOB_ID_RE.match(name):
+            fetch_record(JobPaths(root, name))
     if not base.is_dir():
         return []
     out = []
@@ -261,7 +264,7 @@ def list_jobs(root: Path, *, latest_run: bool = True) -> list[JobRecord]:
 
 def record_at(paths: JobPaths) -> JobRecord:
     try:
-        state = Journal(paths.events_file).state() if paths.events_file.exists() else None
+        state = Journal(paths.events_file).state()
     except LongrunError:  # a corrupt journal: found by its id all the same; reading its state says what is wrong
         state = None
     name = state.name if state and state.name else None

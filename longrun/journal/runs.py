@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from longrun import atomicio
 from longrun.errors import LongrunError
+from longrun.storage import mirror
 from longrun.storage.paths import JOB_ID_RE, JobPaths, check_job_id
 
 #: A run in one of these states is over: a keyless start opens a new run instead, ``resume`` passes it by.
@@ -95,7 +97,7 @@ def claim_run(root: Path, job_id: str, key: str, *, trigger: str, scheduled_for:
     run_id = run_id_for(job_id, key)
     path = runs_dir(root, job_id) / run_id
     claim = RunClaim(run_id, job_id, key, trigger, datetime.now(UTC).isoformat(), scheduled_for)
-    created = atomicio.create_once(path, claim.to_json() + "\n")
+    created = mirror.create_once(path, claim.to_json() + "\n")
     return (claim if created else RunClaim.from_json(path.read_text(encoding="utf-8"))), created
 
 
@@ -103,6 +105,7 @@ def list_runs(root: Path, job_id: str) -> list[RunClaim]:
     """Every run of ``job_id``, oldest first (a pre-runs journal is the first)."""
     out: list[RunClaim] = []
     legacy = JobPaths(root, job_id).events_file
+    sync_runs(root, job_id)
     if legacy.is_file():
         out.append(RunClaim(job_id, job_id, FIRST_RUN_KEY, "manual", _first_ts(legacy)))
     base = runs_dir(root, job_id)
@@ -114,6 +117,35 @@ def list_runs(root: Path, job_id: str) -> list[RunClaim]:
                 except (OSError, ValueError, TypeError):
                     continue  # a claim being written; it shows once complete
     return sorted(out, key=lambda c: (c.opened_at, c.run_id))
+
+
+def sync_runs(root: Path, job_id: str) -> None:
+    """On a remote root: fetch the job's run claims, run records and journals the mirror lacks (no-op locally)."""
+    from longrun.journal.local import Journal
+
+    names = mirror.list_files(runs_dir(root, job_id))
+    if names is None:
+        return
+    Journal(JobPaths(root, job_id).events_file).sync()
+    for name in names:
+        if JOB_ID_RE.match(name):
+            mirror.fetch(runs_dir(root, job_id) / name)
+            run = JobPaths(root, name)
+            fetch_record(run)
+            Journal(run.events_file).sync()
+
+
+def fetch_record(paths: JobPaths) -> bool:
+    """On a remote root: a job's or run's ``spec.json`` (and ``run.json``, written before it) into the mirror.
+
+    True when the spec is there now. A local root: whether it exists.
+    """
+    if paths.spec_file.exists():
+        return True
+    if not mirror.fetch(paths.spec_file):
+        return False
+    mirror.fetch(paths.job_dir / "run.json")
+    return True
 
 
 def _first_ts(journal: Path) -> str:
@@ -141,10 +173,13 @@ def read_claim(root: Path, run_id: str) -> RunClaim | None:
 
 
 def write_run_record(root: Path, claim: RunClaim, canonical_spec: str) -> JobPaths:
-    """The run's own spec copy and ``run.json`` (both write-once); returns its paths."""
+    """The run's ``run.json`` and own spec copy (both write-once); returns its paths.
+
+    ``run.json`` goes first: whoever sees a run's ``spec.json`` (in a mirror's store, too) sees it is a run.
+    """
     paths = JobPaths(root, claim.run_id)
-    atomicio.write_once(paths.spec_file, canonical_spec + "\n")
-    atomicio.write_once(paths.job_dir / "run.json", claim.to_json() + "\n")
+    mirror.write_once(paths.job_dir / "run.json", claim.to_json() + "\n")
+    mirror.write_once(paths.spec_file, canonical_spec + "\n")
     return paths
 
 
@@ -164,8 +199,13 @@ class JobLock:
         self.path = JobPaths(root, job_id).job_dir / "lock"
         self.wait_s = wait_s
         self._fd: int | None = None
+        # On a remote root the lock is a lease in the store (compare-and-set writes), not a flock.
+        self._lease = mirror.Lease(self.path, uuid.uuid4().hex) if mirror.locate(self.path) is not None else None
 
     def acquire(self) -> JobLock:
+        if self._lease is not None:
+            self._lease.acquire(self.wait_s)
+            return self
         fd = atomicio.open_for_update(self.path)
         deadline = time.monotonic() + self.wait_s
         while True:
@@ -183,6 +223,8 @@ class JobLock:
         return self
 
     def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None

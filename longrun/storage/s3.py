@@ -55,7 +55,7 @@ from longrun import atomicio
 from longrun.errors import EvidenceMissing, EvidenceStoreError, EvidenceTransientError, LongrunError
 from longrun.storage import StoredObject, check_key, parse_s3_uri
 
-__all__ = ["MB", "S3Store", "map_s3_errors", "parse_s3_uri"]
+__all__ = ["MB", "ObjectExists", "S3Store", "map_s3_errors", "parse_s3_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ TRANSIENT_CODES = frozenset(
         "RequestThrottled",
         "RequestLimitExceeded",
         "TooManyRequestsException",
+        # Two conditional writes of one key in flight at once (AWS answers 409): try again, one then wins.
+        "ConditionalRequestConflict",
         "PriorRequestNotComplete",
     }
 )
@@ -86,6 +88,12 @@ MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
 # ------------------------------------------------------------------ errors
+
+
+class ObjectExists(LongrunError):
+    """A conditional write (``If-None-Match: *``) found the key taken: ``412 Precondition Failed``."""
+
+    code = "store_object_exists"
 
 
 @contextmanager
@@ -129,6 +137,8 @@ def _translate(exc: Exception, what: str) -> LongrunError | None:
     message = f"{what}: {_describe(root)}"
     if isinstance(root, bce.ClientError) and _client_error_code(root) in MISSING_CODES:
         return EvidenceMissing(message)
+    if isinstance(root, bce.ClientError) and _client_error_code(root) == "PreconditionFailed":
+        return ObjectExists(message)
     if any(_transient(e, bce) for e in chain):
         return EvidenceTransientError(message)
     return EvidenceStoreError(message)
@@ -348,3 +358,96 @@ class S3Store:
     def sibling_key(self, key: str, name: str) -> str:
         """The key of ``name`` in the same "directory" as ``key``."""
         return posixpath.join(posixpath.dirname(key), name)
+
+    # -- small objects: the job root's journal, claims and records (longrun.storage.mirror) ----------
+
+    def put_bytes(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
+        """Store ``body`` at ``key``; with ``if_absent`` a compare-and-set (``If-None-Match: *``).
+
+        Returns False when ``if_absent`` and the key already holds *other*
+        bytes. A write retried after its answer was lost finds its own bytes
+        under the key (its 412 is its own first attempt): that is True, so a
+        flaky network never turns a landed write into a lost race.
+        """
+        full, uri = self.key(key), self.uri_for(key)
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+
+        def put() -> bool:
+            try:
+                with map_s3_errors(f"put {uri}"):
+                    self.client.put_object(Bucket=self.bucket, Key=full, Body=body, **extra)
+            except ObjectExists:
+                return False
+            return True
+
+        return self._retry(f"put {uri}", put) or self.get_bytes(key) == body
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The bytes at ``key``, or None when there is no such key."""
+        full, uri = self.key(key), self.uri_for(key)
+
+        def get() -> bytes | None:
+            try:
+                with map_s3_errors(f"get {uri}"):
+                    return bytes(self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
+            except EvidenceMissing:
+                return None
+
+        return self._retry(f"get {uri}", get)
+
+    def list_keys(self, prefix: str, *, start_after: str | None = None, limit: int | None = None) -> list[str]:
+        """Keys under ``prefix`` (relative to the store's prefix), in order; after ``start_after`` when given."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        full_prefix = base + prefix
+        out: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            elif start_after:
+                kwargs["StartAfter"] = base + start_after
+            if limit is not None:
+                kwargs["MaxKeys"] = min(1000, limit - len(out))
+
+            def page(kw: dict[str, Any] = kwargs) -> dict[str, Any]:
+                with map_s3_errors(f"list s3://{self.bucket}/{full_prefix}"):
+                    return dict(self.client.list_objects_v2(**kw))
+
+            resp = self._retry(f"list s3://{self.bucket}/{full_prefix}", page)
+            out.extend(obj["Key"][len(base) :] for obj in resp.get("Contents", []))
+            token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+            if token is None or (limit is not None and len(out) >= limit):
+                return out
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """The names one level below ``prefix`` (``prefix`` ends with ``/``): S3's common prefixes."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        full_prefix = base + prefix
+        out: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+
+            def page(kw: dict[str, Any] = kwargs) -> dict[str, Any]:
+                with map_s3_errors(f"list s3://{self.bucket}/{full_prefix}"):
+                    return dict(self.client.list_objects_v2(**kw))
+
+            resp = self._retry(f"list s3://{self.bucket}/{full_prefix}", page)
+            out.extend(p["Prefix"][len(full_prefix) :].rstrip("/") for p in resp.get("CommonPrefixes", []))
+            token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+            if token is None:
+                return out
+
+    def delete_keys(self, keys: list[str]) -> None:
+        """Delete ``keys`` (relative), 1000 per request; absent keys are fine."""
+        for i in range(0, len(keys), 1000):
+            batch = {"Objects": [{"Key": self.key(k)} for k in keys[i : i + 1000]], "Quiet": True}
+
+            def delete(b: dict[str, Any] = batch) -> None:
+                with map_s3_errors(f"delete in s3://{self.bucket}/{self.prefix}"):
+                    self.client.delete_objects(Bucket=self.bucket, Delete=b)
+
+            self._retry(f"delete in s3://{self.bucket}/{self.prefix}", delete)
