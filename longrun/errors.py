@@ -202,6 +202,8 @@ EXIT_CODES: dict[str, int | None] = {
     "deployment_not_longrun": _BAD,
     "sandbox_unavailable": _BAD,
     "sandbox_required": _BAD,
+    # a job root URL that is not s3://BUCKET/PREFIX, or a mirror of another store
+    "root_invalid": _BAD,
     # failures
     "journal_corrupt": _FAIL,
     "event_version_unsupported": _FAIL,
@@ -220,6 +222,12 @@ EXIT_CODES: dict[str, int | None] = {
     "journal_missing": _FAIL,
     "journal_unwritable": _FAIL,
     "journal_chain_broken": _FAIL,
+    # a remote job root (longrun.storage.mirror): not reachable at all, a request that failed after its
+    # retries (nothing was lost: try again), a refused request, appends that kept losing their race
+    "root_unreachable": _FAIL,
+    "store_unavailable": _FAIL,
+    "store_error": _FAIL,
+    "journal_contended": _FAIL,
     # reported by `longrun doctor` (and dropped by the next append or --repair)
     "journal_torn_tail": None,
     "spec_schema_unsupported": _FAIL,
@@ -240,6 +248,8 @@ EXIT_CODES: dict[str, int | None] = {
     "prefect_unavailable": EXIT_PREFECT_UNAVAILABLE,
     # never end a command
     "stage_failed": None,
+    # a conditional write found its key taken (a lost compare-and-set race, handled where it happens)
+    "store_object_exists": None,
     "junit_missing": None,
     "junit_invalid": None,
     "budget_exhausted": None,

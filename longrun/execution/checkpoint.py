@@ -184,13 +184,10 @@ class CheckpointStore:
                 if "/" in name or name.startswith("."):
                     raise PathEscape(f"checkpoint file name {name!r} is not a plain name")
                 atomicio.write_atomic(target.parent / name, text)
-            # On a remote root the same order in the store: a record the journal names is in the
-            # store before the journal names it.
-            for name in doc["files"]:
-                mirror.push(target.parent / name)
-        log = self.resolve("/".join(key.split("/")[:2])) / "command.log"
-        if log.is_file():
-            mirror.push(log)  # the stages' output so far travels with each record
+        # On a remote root the same order in the store: the iteration's files (the checkpoint files,
+        # the command log, JUnit reports, usage files the stages and gates wrote) before the record,
+        # so a record the journal names is in the store, with its files, before the journal names it.
+        mirror.push_tree(self.resolve("/".join(key.split("/")[:2])), skip=target)
         atomicio.write_atomic(target, content)
         mirror.push(target)
         return target

@@ -71,8 +71,10 @@ class Journal:
         self.path = Path(path)
         self._clock = clock
         self._sleep = sleep
-        #: The flow run that runs this run (the engine's journal): a ``run_started`` of another one is a takeover.
+        #: The flow run that runs this run (the engine's journal): once it has started the run, a
+        #: ``run_started`` of another flow run is a takeover.
         self.owner = owner
+        self._owning = False
         loc = mirror.locate(self.path)
         self._remote = RemoteLog(*loc) if loc is not None else None
         #: (byte offset, line number, last seq) after the last complete line read.
@@ -135,6 +137,8 @@ class Journal:
                 if self._remote is not None and not self._remote.put(event.seq, line):
                     continue  # another writer appended this seq first: fetch it and decide again
                 atomicio.append_line(fd, line)
+                if type == "run_started" and self.owner is not None:
+                    self._owning = self._owning or getattr(event.payload, "flow_run_id", None) == self.owner
                 if self._remote is not None and event.seq % SEGMENT == 0:
                     self._remote.compact(event.seq, self._last_lines(fd, SEGMENT))
                 return event
@@ -148,8 +152,11 @@ class Journal:
 
     # -- the store (a remote root) -------------------------------------------------
 
-    def _pull_locked(self, fd: int) -> list[Event]:
-        """Repair a torn tail, then append the events the store has beyond the file (the file's lock is held)."""
+    def _pull_locked(self, fd: int, fetched: list[bytes] | None = None) -> list[Event]:
+        """Repair a torn tail, then append the events the store has beyond the file (the file's lock is held).
+
+        ``fetched``: the store's lines from seq 1 on, already read (used only if the file is still empty).
+        """
         size = os.fstat(fd).st_size
         end = _last_newline(fd, size) + 1
         if end != size:
@@ -157,7 +164,7 @@ class Journal:
         if self._remote is None:
             return []
         last, _ = self._last_event(fd, end)
-        lines = self._remote.lines_after(last.seq if last else 0)
+        lines = fetched if last is None and fetched is not None else self._remote.lines_after(last.seq if last else 0)
         if not lines:
             return []
         events = [_parse_line(line[:-1], f"{self._remote!r}") for line in lines]
@@ -176,21 +183,24 @@ class Journal:
         """Bring the mirror up to the store's journal (no-op on a local root)."""
         if self._remote is None:
             return
-        if not self.path.exists() and not self._remote.lines_after(0):
-            return  # nothing in the store either: create no file
+        fetched = None
+        if not self.path.exists():
+            fetched = self._remote.lines_after(0)
+            if not fetched:
+                return  # nothing in the store either: create no file
         try:
             fd = atomicio.open_for_update(self.path)
         except OSError:
             return  # a read-only mirror: read what it has
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            self._pull_locked(fd)
+            self._pull_locked(fd, fetched)
         finally:
             os.close(fd)
 
     def _check_owner(self, pulled: list[Event]) -> None:
         """Stop an engine whose run another flow run has started meanwhile (a takeover)."""
-        if self.owner is None:
+        if not self._owning:
             return
         for event in pulled:
             other = getattr(event.payload, "flow_run_id", None) if event.type == "run_started" else None

@@ -105,10 +105,14 @@ _lock = threading.Lock()
 _remotes: dict[str, Remote | None] = {}
 
 
+#: Attempts per store request (tenacity, exponential backoff): the journal of a running job rides on them.
+STORE_ATTEMPTS = 10
+
+
 def _store_for(url: str) -> S3Store:
     from longrun.storage.s3 import S3Store
 
-    return S3Store.from_uri(url)
+    return S3Store.from_uri(url, max_attempts=STORE_ATTEMPTS)
 
 
 def open_root(ref: str | os.PathLike[str]) -> Path:
@@ -404,3 +408,29 @@ def remove_tree(directory: Path) -> None:
         remote.store.delete_keys(remote.store.list_keys(prefix))
     except LongrunError as exc:
         raise remote_error(exc, f"delete {remote.url}/{prefix}") from None
+
+
+#: Files this process put in the store: path → (mtime_ns, size) when it did (a file changed since goes again).
+_pushed: dict[str, tuple[int, int]] = {}
+
+
+def push_tree(directory: Path, *, skip: Path | None = None) -> int:
+    """Put every regular file under a mirror directory that changed since this process last put it; how many.
+
+    Symlinks are not followed (a stage cannot smuggle a file from elsewhere into the store). No-op locally.
+    """
+    directory = Path(directory)
+    if locate(directory / "_") is None or not directory.is_dir():
+        return 0
+    sent = 0
+    for path in sorted(directory.rglob("*")):
+        if path == skip or path.is_symlink() or not path.is_file():
+            continue
+        st = path.stat()
+        mark = (st.st_mtime_ns, st.st_size)
+        if _pushed.get(str(path)) == mark:
+            continue
+        push(path)
+        _pushed[str(path)] = mark
+        sent += 1
+    return sent

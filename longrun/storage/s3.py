@@ -364,10 +364,13 @@ class S3Store:
     def put_bytes(self, key: str, body: bytes, *, if_absent: bool = False) -> bool:
         """Store ``body`` at ``key``; with ``if_absent`` a compare-and-set (``If-None-Match: *``).
 
-        Returns False when ``if_absent`` and the key already holds *other*
-        bytes. A write retried after its answer was lost finds its own bytes
-        under the key (its 412 is its own first attempt): that is True, so a
-        flaky network never turns a landed write into a lost race.
+        Returns True when the key now holds ``body``, False when ``if_absent``
+        and it already holds *other* bytes. A write retried after its answer
+        was lost finds its own bytes under the key (its 412 is its own first
+        attempt): that is True, so a flaky network never turns a landed write
+        into a lost race. (Two writers of identical bytes both get True; every
+        compare-and-set in longrun writes bytes unique to its writer: a
+        timestamp, a pid, a chain link.)
         """
         full, uri = self.key(key), self.uri_for(key)
         extra = {"IfNoneMatch": "*"} if if_absent else {}
