@@ -70,7 +70,8 @@ def run_iteration(e: Engine, iteration: int) -> bool:
             return False
         gates.append(_gate(e, pg, iteration, inp))
 
-    ckpt = _checkpoint(e, iteration, [results[st.id] for st in e.plan.stages], gates, patch)
+    # The end tree is what patch.diff leads to from the start tree (a workspace that travels replays it).
+    ckpt = _checkpoint(e, iteration, [results[st.id] for st in e.plan.stages], gates, patch, end_tree if start_tree else None)
     if s.state.open_iteration == iteration:
         passed = judge_iteration(s.state, iteration, e.plan.gates, rt.spec.on_failure).gates_passed
         s.emit("iteration_finished", {"iteration": iteration, "gates_passed": passed, "fingerprint": ckpt.fingerprint})
@@ -186,7 +187,9 @@ def _gate(e: Engine, pg: PlannedGate, iteration: int, inp: GateInput) -> GateRes
     return g
 
 
-def _checkpoint(e: Engine, iteration: int, stages: list[StageResult], gates: list[GateResult], patch: str) -> IterationCheckpoint:
+def _checkpoint(
+    e: Engine, iteration: int, stages: list[StageResult], gates: list[GateResult], patch: str, end_tree: str | None
+) -> IterationCheckpoint:
     s, rt = e.s, e.s.rt
     if iteration in s.state.checkpoints:
         record = s.ports.records.load(checkpoint_key(iteration))
@@ -199,7 +202,10 @@ def _checkpoint(e: Engine, iteration: int, stages: list[StageResult], gates: lis
         return record
     ckpt = s.ports.executor.write_checkpoint(rt, iteration, stages, gates, patch, s.state.usd_total, s.state.tokens_total)
     faults.point("checkpoint.files")
-    s.emit("checkpoint_written", {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests})
+    s.emit(
+        "checkpoint_written",
+        {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests, "end_tree": end_tree},
+    )
     return ckpt
 
 
