@@ -76,6 +76,8 @@ def run_iteration(e: Engine, iteration: int) -> bool:
         passed = judge_iteration(s.state, iteration, e.plan.gates, rt.spec.on_failure).gates_passed
         s.emit("iteration_finished", {"iteration": iteration, "gates_passed": passed, "fingerprint": ckpt.fingerprint})
         faults.point("iteration.finished")
+        if rt.spec.workspace.push_branch is not None and end_tree is not None and start_tree:
+            _push(e, iteration, end_tree)
     if rt.workdir is not None:
         worktree.commit_all(rt.workdir, f"longrun {rt.job_id}: iteration {iteration}")
     s.say(f"  checkpoint   {rt.paths.iteration_dir(iteration)}")
@@ -207,6 +209,19 @@ def _checkpoint(
         {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests, "end_tree": end_tree},
     )
     return ckpt
+
+
+def _push(e: Engine, iteration: int, tree: str) -> None:
+    """``workspace.push_branch``: push the iteration's tree for review; a failure is journaled, never fatal."""
+    s, branch = e.s, e.s.rt.spec.workspace.push_branch or ""
+    try:
+        commit = s.ports.workspace.push(s.rt, s.state, iteration, tree)
+    except LongrunError as exc:
+        s.emit("workspace_push_failed", {"iteration": iteration, "branch": branch, "error": f"{exc.code}: {exc.message}"})
+        s.say(f"  push         FAILED to {branch} ({exc.code}); the run goes on")
+        return
+    s.emit("workspace_pushed", {"iteration": iteration, "branch": branch, "commit": commit})
+    s.say(f"  push         {commit[:12]} to {branch}")
 
 
 def _out_of_scope(state: RunState, iteration: int, now: list[str]) -> tuple[str, ...]:
