@@ -40,6 +40,14 @@ Governance codes (also plain ``LongrunError(code=...)``): ``waiver_invalid``,
 (longrun.governance.lineage); ``gate_failed``, ``gate_retries_exhausted``
 (longrun.governance.policy, journaled as ``run_failed.code``); ``budget_exhausted``
 (longrun.governance.budget); ``scope_violation`` (longrun.governance.scope).
+
+Workspace codes (``workspace.repo``, longrun.workspace.travel):
+``workspace_repo_unreachable`` (the clone failed), ``workspace_ref_not_found``
+(``ref`` or the journaled base commit is not in the repository),
+``workspace_diverged`` (a patch is missing, altered or does not apply, or a tree
+differs from the journal's), ``workspace_unrecoverable`` (an interrupted
+iteration's finished stages changed a workspace that is not here),
+``workspace_push_failed`` (journaled; never ends a run).
 """
 
 from __future__ import annotations
@@ -238,6 +246,13 @@ EXIT_CODES: dict[str, int | None] = {
     "waiver_invalid": _FAIL,
     "waiver_expired": _FAIL,
     "patch_apply_failed": _FAIL,
+    # workspace.repo (longrun.workspace.travel): the workspace cannot be made what the journal says
+    "workspace_repo_unreachable": _FAIL,
+    "workspace_ref_not_found": _FAIL,
+    "workspace_diverged": _FAIL,
+    "workspace_unrecoverable": _FAIL,
+    # journaled as workspace_push_failed; the run goes on
+    "workspace_push_failed": None,
     "lineage_too_deep": _FAIL,
     "gate_failed": _FAIL,
     "gate_retries_exhausted": _FAIL,

@@ -70,11 +70,14 @@ def run_iteration(e: Engine, iteration: int) -> bool:
             return False
         gates.append(_gate(e, pg, iteration, inp))
 
-    ckpt = _checkpoint(e, iteration, [results[st.id] for st in e.plan.stages], gates, patch)
+    # The end tree is what patch.diff leads to from the start tree (a workspace that travels replays it).
+    ckpt = _checkpoint(e, iteration, [results[st.id] for st in e.plan.stages], gates, patch, end_tree if start_tree else None)
     if s.state.open_iteration == iteration:
         passed = judge_iteration(s.state, iteration, e.plan.gates, rt.spec.on_failure).gates_passed
         s.emit("iteration_finished", {"iteration": iteration, "gates_passed": passed, "fingerprint": ckpt.fingerprint})
         faults.point("iteration.finished")
+        if rt.spec.workspace.push_branch is not None and end_tree is not None and start_tree:
+            _push(e, iteration, end_tree)
     if rt.workdir is not None:
         worktree.commit_all(rt.workdir, f"longrun {rt.job_id}: iteration {iteration}")
     s.say(f"  checkpoint   {rt.paths.iteration_dir(iteration)}")
@@ -186,7 +189,9 @@ def _gate(e: Engine, pg: PlannedGate, iteration: int, inp: GateInput) -> GateRes
     return g
 
 
-def _checkpoint(e: Engine, iteration: int, stages: list[StageResult], gates: list[GateResult], patch: str) -> IterationCheckpoint:
+def _checkpoint(
+    e: Engine, iteration: int, stages: list[StageResult], gates: list[GateResult], patch: str, end_tree: str | None
+) -> IterationCheckpoint:
     s, rt = e.s, e.s.rt
     if iteration in s.state.checkpoints:
         record = s.ports.records.load(checkpoint_key(iteration))
@@ -199,8 +204,24 @@ def _checkpoint(e: Engine, iteration: int, stages: list[StageResult], gates: lis
         return record
     ckpt = s.ports.executor.write_checkpoint(rt, iteration, stages, gates, patch, s.state.usd_total, s.state.tokens_total)
     faults.point("checkpoint.files")
-    s.emit("checkpoint_written", {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests})
+    s.emit(
+        "checkpoint_written",
+        {"iteration": iteration, "dir": str(rt.paths.iteration_dir(iteration)), "files": ckpt.digests, "end_tree": end_tree},
+    )
     return ckpt
+
+
+def _push(e: Engine, iteration: int, tree: str) -> None:
+    """``workspace.push_branch``: push the iteration's tree for review; a failure is journaled, never fatal."""
+    s, branch = e.s, e.s.rt.spec.workspace.push_branch or ""
+    try:
+        commit = s.ports.workspace.push(s.rt, s.state, iteration, tree)
+    except LongrunError as exc:
+        s.emit("workspace_push_failed", {"iteration": iteration, "branch": branch, "error": f"{exc.code}: {exc.message}"})
+        s.say(f"  push         FAILED to {branch} ({exc.code}); the run goes on")
+        return
+    s.emit("workspace_pushed", {"iteration": iteration, "branch": branch, "commit": commit})
+    s.say(f"  push         {commit[:12]} to {branch}")
 
 
 def _out_of_scope(state: RunState, iteration: int, now: list[str]) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from longrun.journal.runs import OVER
 from longrun.journal.state import RunState
 from longrun.spec.compile import ExecutionPlan
 from longrun.workspace import worktree
+from longrun.workspace.travel import Materialized
 
 #: How long to wait after a rate limit whose reset time the tool did not say.
 RATE_LIMIT_DEFAULT_WAIT = timedelta(minutes=5)
@@ -220,9 +221,12 @@ def _start(s: Session, source: str | None, force: bool) -> dict[str, Any] | None
             code="job_already_running",
         )
     s.ports.workspace.prepare(rt, Path(source).parent if source else None)
+    done = s.ports.workspace.materialize(rt, state)
     # A compare-and-set: the check runs on the journal as it is at our seq (on a remote root, whoever
     # appended meanwhile on another machine), so two engines never both start one run.
     s.start_segment(resumed=state.iteration > 0, unless=None if force else lambda st: _live_elsewhere(s, st))
+    if done is not None:
+        _materialized(s, done)
     return None
 
 
@@ -233,6 +237,26 @@ def _live_elsewhere(s: Session, state: RunState) -> LongrunError | None:
     return LongrunError(
         f"{s.rt.spec.name} ({s.rt.job_id}) is already RUNNING ({why}); refusing to start it twice", code="job_already_running"
     )
+
+
+def _materialized(s: Session, done: Materialized) -> None:
+    """Journal what ``workspace.materialize`` did (its first ``commit`` pins the job's base)."""
+    repo = s.rt.spec.workspace.repo or ""
+    s.emit(
+        "workspace_materialized",
+        {
+            "repo": repo,
+            "commit": done.commit,
+            "tree": done.tree,
+            "cloned": done.cloned,
+            "iterations": list(done.iterations),
+            "reset": done.reset,
+        },
+    )
+    if done.cloned:
+        s.say(f"workspace cloned from {repo} at {done.commit[:12]}; replayed iteration(s) {list(done.iterations)}")
+    elif done.reset:
+        s.say(f"workspace reset to the start tree of interrupted iteration {s.state.open_iteration}")
 
 
 def _loop(e: Engine) -> None:

@@ -23,6 +23,7 @@ from longrun.execution.runtime import JobRuntime
 from longrun.journal.events import Event
 from longrun.journal.state import RunState
 from longrun.spec.compile import PlannedGate, PlannedStage
+from longrun.workspace.travel import Materialized
 
 
 class JournalPort(Protocol):
@@ -91,6 +92,23 @@ class WorkspacePort(Protocol):
 
     def prepare(self, rt: JobRuntime, template_base: Path | None) -> None:
         """Refuse bad input (paths, workspace, template, store) and create the workspace from its template."""
+        ...
+
+    def materialize(self, rt: JobRuntime, state: RunState) -> Materialized | None:
+        """With ``workspace.repo``: make the workspace what ``state`` says (clone, replay, check); None without.
+
+        Called after :meth:`prepare`, before the run starts. Raises
+        ``workspace_repo_unreachable``, ``workspace_ref_not_found``,
+        ``workspace_diverged`` or ``workspace_unrecoverable``
+        (:mod:`longrun.workspace.travel`).
+        """
+        ...
+
+    def push(self, rt: JobRuntime, state: RunState, iteration: int, tree: str) -> str:
+        """``workspace.push_branch``: commit ``tree`` (iteration ``iteration``'s end) and push it; the commit.
+
+        Raises ``workspace_push_failed`` (the engine journals it and goes on).
+        """
         ...
 
     def isolate(self, rt: JobRuntime) -> Path:

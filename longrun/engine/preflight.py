@@ -14,12 +14,14 @@ from longrun.execution.runtime import JobRuntime
 from longrun.execution.sandbox import check_bwrap
 from longrun.governance.scope import check_spec_paths
 from longrun.governance.waiver import Waiver, check_waiver, load_waiver
+from longrun.journal.state import RunState
 from longrun.spec.loader import LoadedSpec
 from longrun.spec.models import JobSpec
 from longrun.storage import check_store_ref, resolve_store
 from longrun.storage.paths import JobPaths, safe_join
-from longrun.workspace import gitutil, worktree
+from longrun.workspace import gitutil, travel, worktree
 from longrun.workspace.gitutil import GitTrees
+from longrun.workspace.travel import Materialized
 
 
 def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None, *, probe_sandbox: bool = True) -> None:
@@ -39,6 +41,8 @@ def preflight(loaded: LoadedSpec, root: Path, template_base: Path | None, *, pro
         raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
     check_store_ref(loaded.spec.evidence.store, root)
     check_sandbox(loaded.spec, root, probe=probe_sandbox)
+    if loaded.spec.workspace.repo is not None:
+        return  # cloned or checked against the journal when the run starts (GitWorkspace.materialize)
     workspace, template = _workspace_and_template(loaded, root, template_base)
     if template is not None:
         if not template.is_dir():
@@ -96,7 +100,7 @@ def _workspace_and_template(loaded: LoadedSpec, root: Path, template_base: Path 
     """The workspace path, and the template to create it from (None: it exists)."""
     ws_cfg = loaded.spec.workspace
     workspace = safe_join(root, ws_cfg.path, what="workspace.path")
-    if workspace.exists():
+    if workspace.exists() or ws_cfg.repo is not None:
         return workspace, None
     if ws_cfg.template is None:
         raise LongrunError(f"workspace {workspace} does not exist and the spec names no template", code="workspace_missing")
@@ -119,6 +123,27 @@ class GitWorkspace(GitTrees):
         problems = check_spec_paths(rt.spec, rt.root)
         if problems:
             raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+
+    def materialize(self, rt: JobRuntime, state: RunState) -> Materialized | None:
+        ws_cfg = rt.spec.workspace
+        if ws_cfg.repo is None:
+            return None
+        done = travel.materialize(rt.repo, ws_cfg.repo, ws_cfg.ref, state, rt.paths)
+        # The clone may bring symlinks: the spec's paths must still resolve inside.
+        problems = check_spec_paths(rt.spec, rt.root)
+        if problems:
+            raise PathEscape("; ".join(p.removeprefix("path_escape: ") for p in problems))
+        return done
+
+    def push(self, rt: JobRuntime, state: RunState, iteration: int, tree: str) -> str:
+        ws_cfg = rt.spec.workspace
+        if ws_cfg.repo is None or ws_cfg.push_branch is None or state.workspace_commit is None:
+            raise LongrunError(
+                "push needs workspace.repo, workspace.push_branch and a journaled base commit", code="workspace_push_failed"
+            )
+        parent = travel.push_parent(rt.repo, state, iteration, state.workspace_commit)
+        message = f"longrun {rt.job_id}: iteration {iteration}\n\n{rt.spec.name}: {rt.spec.goal}"
+        return travel.push_tree(rt.repo, ws_cfg.repo, ws_cfg.push_branch, tree, parent, message)
 
     def isolate(self, rt: JobRuntime) -> Path:
         return worktree.ensure_worktree(rt.repo, rt.job_id, rt.worktree_dir)

@@ -152,6 +152,8 @@ class _Fold:
 
     def _on_checkpoint_written(self, p: Any, ts: datetime) -> None:
         self._map("checkpoints")[p.iteration] = freeze(p.files)
+        if p.end_tree is not None:
+            self._map("end_trees")[p.iteration] = p.end_tree
 
     def _on_iteration_finished(self, p: Any, ts: datetime) -> None:
         v = self.v
@@ -228,6 +230,16 @@ class _Fold:
 
     def _on_patches_applied(self, p: Any, ts: datetime) -> None:
         self.v["patches_applied"] = freeze(_stamped(p, ts))
+
+    def _on_workspace_materialized(self, p: Any, ts: datetime) -> None:
+        if self.v["workspace_commit"] is None:  # the first clone pins the base for every later one
+            self.v["workspace_commit"] = p.commit
+
+    def _on_workspace_pushed(self, p: Any, ts: datetime) -> None:
+        self.v["pushed_commits"] = FrozenDict({**self.v["pushed_commits"], p.iteration: p.commit})
+
+    def _on_workspace_push_failed(self, p: Any, ts: datetime) -> None:
+        """Journaled for the record; the run goes on and the next iteration pushes again."""
 
     def _on_pruned(self, p: Any, ts: datetime) -> None:
         self.v["pruned_iterations"] = tuple(sorted(set(self.v["pruned_iterations"]) | set(p.iterations)))

@@ -176,6 +176,11 @@ class CheckpointWritten(Payload):
     iteration: int = Field(ge=1)
     dir: str
     files: dict[str, str] = Field(default_factory=dict, description="name → sha256")
+    end_tree: str | None = Field(
+        None, description="The workspace's git tree at the end of the iteration (what patch.diff leads to from start_tree)."
+    )
+
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"end_tree"})
 
 
 class IterationFinished(Payload):
@@ -308,6 +313,36 @@ class Pruned(Payload):
     by: str | None = None
 
 
+# -- a workspace cloned from workspace.repo (docs/workspace-travel.md)
+
+
+class WorkspaceMaterialized(Payload):
+    """The run's workspace was checked, or cloned and rebuilt from the checkpointed patches."""
+
+    repo: str
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$", description="The base commit (ref as first cloned; pinned from then on).")
+    tree: str = Field(description="The workspace's tree once materialised: where the next (or interrupted) iteration starts.")
+    cloned: bool = Field(description="True: cloned here and the patches replayed; false: the existing workspace was checked.")
+    iterations: tuple[int, ...] = Field(default=(), description="Iterations whose patch.diff was applied (in order).")
+    reset: bool = Field(False, description="An interrupted iteration's partial changes were undone (back to its start tree).")
+
+
+class WorkspacePushed(Payload):
+    """``workspace.push_branch``: an iteration's tree was committed and pushed."""
+
+    iteration: int = Field(ge=1)
+    branch: str
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+
+
+class WorkspacePushFailed(Payload):
+    """``workspace.push_branch``: the push of an iteration failed; the run goes on."""
+
+    iteration: int = Field(ge=1)
+    branch: str
+    error: str = Field(description="'<code>: <message>'.")
+
+
 class _ApprovalPayload(Payload):
     step: str = Field(min_length=1)
     iteration: int | None = Field(None, ge=0)
@@ -400,4 +435,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "evidence_upload_failed": EvidenceUploadFailed,
     "patches_applied": PatchesApplied,
     "pruned": Pruned,
+    "workspace_materialized": WorkspaceMaterialized,
+    "workspace_pushed": WorkspacePushed,
+    "workspace_push_failed": WorkspacePushFailed,
 }

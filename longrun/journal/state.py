@@ -163,6 +163,12 @@ class RunState:
     last_run: RunStarted | None = None
     #: iteration → the tree it started from (``iteration_started.start_tree``).
     start_trees: Mapping[int, str | None] = _EMPTY
+    #: iteration → the tree it ended with (``checkpoint_written.end_tree``; absent in journals from before it).
+    end_trees: Mapping[int, str] = _EMPTY
+    #: ``workspace.repo``: the base commit of the job's first clone (``workspace_materialized.commit``).
+    workspace_commit: str | None = None
+    #: ``workspace.push_branch``: iteration → the commit pushed for it.
+    pushed_commits: Mapping[int, str] = _EMPTY
     #: (step, iteration) → number of ``approval_requested`` so far (pause keys are unique per request).
     approval_requests: Mapping[tuple[str, int | None], int] = _EMPTY
     #: The payload of the last ``approval_requested``.

@@ -93,6 +93,11 @@ def cross_check(data: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(a, dict) and isinstance(a.get("escalate"), str):
             if (why := _not_escalating(data, gates, a["escalate"])) is not None:
                 errors.append((f"approvals[{i}].escalate", why))
+    workspace = _as_dict(data.get("workspace"))
+    if workspace.get("repo") is not None and data.get("isolation") == "worktree":
+        errors.append(
+            ("isolation", "isolation: worktree does not go with workspace.repo (a cloned workspace is already the job's own)")
+        )
     if not errors:
         _check_acyclic(stages, errors)
     return errors

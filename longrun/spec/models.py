@@ -346,6 +346,49 @@ class Schedule(_Model):
         return check_timezone(v)
 
 
+#: URL schemes ``workspace.repo`` may use; any other ``<scheme>://`` (a remote helper) is refused.
+REPO_SCHEMES = ("https", "http", "ssh", "git", "file")
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._~-]+@[A-Za-z0-9.-]+:[^:]")
+_REF_PATTERN = re.compile(r"^[A-Za-z0-9._/+-]+$")
+
+
+def check_repo_url(value: str) -> str:
+    """A git URL longrun may clone: ``<scheme>://`` of :data:`REPO_SCHEMES`, ``user@host:path`` or an absolute path.
+
+    Refused: a leading ``-`` (git would read an option), control characters,
+    ``<transport>::<address>`` (remote helpers, ``ext::`` and ``fd::`` run
+    programs) and any other scheme (``<scheme>://`` runs ``git-remote-<scheme>``).
+    """
+    if not value or value != value.strip():
+        raise ValueError("must be a git URL without leading or trailing spaces")
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} starts with '-' (git would read it as an option)")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain control characters")
+    if "::" in value.split("/", 1)[0] or value.lower().startswith(("ext:", "fd:")):
+        raise ValueError(f"{value!r} names a remote helper ('<transport>::'); ext::, fd:: and other helpers are refused")
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    if m is not None:
+        if m.group(1).lower() not in REPO_SCHEMES:
+            raise ValueError(f"scheme {m.group(1)!r} is not allowed (allowed: {', '.join(REPO_SCHEMES)})")
+        return value
+    if value.startswith("/") or _SCP_LIKE.match(value):
+        return value
+    raise ValueError(f"{value!r} is not a git URL (<scheme>://..., user@host:path or an absolute path)")
+
+
+def check_git_ref(value: str) -> str:
+    """A branch, tag or commit name: no leading ``-``, no ``..``, no spaces, control or special characters."""
+    if not _REF_PATTERN.match(value) or value.startswith(("-", "/")) or value.endswith(("/", ".", ".lock")):
+        raise ValueError(f"{value!r} is not a valid git ref name (letters, digits, '.', '_', '/', '+', '-')")
+    if ".." in value or "//" in value or "/." in value or value.startswith("."):
+        raise ValueError(f"{value!r} is not a valid git ref name")
+    return value
+
+
+GitRef = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(check_git_ref)]
+
+
 class Workspace(_Model):
     path: RelPath = Field(".", description="Relative to the job root (where .maestro/ lives).")
     template: RelPath | None = Field(
@@ -353,6 +396,38 @@ class Workspace(_Model):
         description="Directory, relative to the spec file, copied into an absent workspace "
         "and committed into a new git repository.",
     )
+    repo: str | None = Field(
+        None,
+        max_length=2048,
+        description="Git URL (https://, ssh://, git://, file://, user@host:path or an absolute path) cloned into an "
+        "absent workspace; the checkpointed patches of the finished iterations are replayed on it (docs/workspace-travel.md). "
+        "Not with template.",
+    )
+    ref: GitRef | None = Field(
+        None,
+        description="With repo: the branch, tag or commit to clone; default: the remote's default branch (its HEAD). "
+        "The commit it names when the job first clones is journaled and used from then on.",
+    )
+    push_branch: GitRef | None = Field(
+        None,
+        description="With repo: after each iteration, its tree is committed and force-pushed to this branch of repo "
+        "(for review); a failed push is journaled, not fatal.",
+    )
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        return None if v is None else check_repo_url(v)
+
+    @model_validator(mode="after")
+    def _repo_or_template(self) -> Workspace:
+        if self.repo is not None and self.template is not None:
+            raise ValueError("repo and template are mutually exclusive: the workspace is cloned or copied, not both")
+        if self.repo is None and (self.ref is not None or self.push_branch is not None):
+            raise ValueError("ref and push_branch need repo")
+        if self.repo is not None and PurePosixPath(self.path.replace("\\", "/")) == PurePosixPath("."):
+            raise ValueError("with repo, path must name a directory below the job root (not '.'), e.g. path: ws")
+        return self
 
 
 class Defaults(_Model):

@@ -141,13 +141,16 @@ def _git(
     env: dict[str, str] | None = None,
     check: bool = True,
     timeout: float = GIT_TIMEOUT_S,
+    config: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git <args>`` in ``cwd``, hardened (see the module docstring).
 
-    Raises ``git_failed`` on a non-zero exit if ``check``, and ``git_timeout``
-    (whatever ``check`` says) when git runs longer than ``timeout`` seconds.
+    ``config`` adds command-scope settings after the hardened ones (the
+    transports a clone or push may use). Raises ``git_failed`` on a non-zero
+    exit if ``check``, and ``git_timeout`` (whatever ``check`` says) when git
+    runs longer than ``timeout`` seconds.
     """
-    config = {**_HARDENED, **_driver_overrides(cwd, timeout), **_IDENTITY}
+    config = {**_HARDENED, **_driver_overrides(cwd, timeout), **_IDENTITY, **(config or {})}
     full_env = _with_config(_base_env(), config)
     full_env.update(env or {})
     try:
@@ -232,8 +235,27 @@ def snapshot_tree(workspace: Path, exclude: Iterable[str] = (".maestro",)) -> st
 
 
 def diff_trees(workspace: Path, a: str, b: str) -> str:
-    """The unified patch (binary-safe, no colour, no external diff) from tree/commit ``a`` to ``b``."""
-    return _git(Path(workspace), "diff", "--binary", "--no-color", "--no-ext-diff", "--no-textconv", a, b).stdout
+    """The unified patch (binary-safe, no colour, no external diff) from tree/commit ``a`` to ``b``.
+
+    ``git apply`` on tree ``a`` reproduces tree ``b`` exactly (binary files,
+    renames, modes, symlinks, missing final newlines): the prefixes and paths
+    are set here, so the repository's ``diff.noprefix``, ``diff.mnemonicPrefix``
+    or ``diff.relative`` cannot change the format.
+    """
+    return _git(
+        Path(workspace),
+        "diff",
+        "--binary",
+        "--full-index",
+        "--no-color",
+        "--no-ext-diff",
+        "--no-textconv",
+        "--no-relative",
+        "--src-prefix=a/",
+        "--dst-prefix=b/",
+        a,
+        b,
+    ).stdout
 
 
 def changed_paths(workspace: Path, a: str, b: str) -> list[str]:

@@ -102,6 +102,12 @@ class FakeWorkspace:
     def prepare(self, rt: JobRuntime, template_base: Path | None) -> None:
         pass
 
+    def materialize(self, rt: JobRuntime, state: Any) -> None:
+        return None
+
+    def push(self, rt: JobRuntime, state: Any, iteration: int, tree: str) -> str:
+        raise AssertionError("push is not faked")
+
     def isolate(self, rt: JobRuntime) -> Path:
         raise AssertionError("isolation is not faked")
 

@@ -517,3 +517,54 @@ def test_stage_and_gate_env_cannot_override_engine_variables():
     paths = {p.path: p.message for p in exc.value.problems}
     assert "LONGRUN_JOB_ID" in paths["stages[0].env"]
     assert "LONGRUN_ITERATION" in paths["quality_gates.required[0].env"]
+
+
+# --------------------------------------------------------------------------- workspace.repo
+
+
+def test_workspace_repo_ref_and_push_branch_load():
+    data = set_path(base(), "workspace", {"path": "ws", "repo": "file:///srv/git/app.git", "push_branch": "longrun/review"})
+    ws = parse_spec_text(yaml.safe_dump(data)).workspace
+    assert (ws.repo, ws.ref, ws.push_branch) == ("file:///srv/git/app.git", None, "longrun/review")
+    for url in ("https://git.example.com/a/b.git", "ssh://git@host/a.git", "git@github.com:o/r.git", "/srv/git/app.git"):
+        assert parse_spec_text(yaml.safe_dump(set_path(data, "workspace.repo", url))).workspace.repo == url
+    for ref in ("main", "v1.2.0", "release/2026", "0123abcd"):
+        assert parse_spec_text(yaml.safe_dump(set_path(data, "workspace.ref", ref))).workspace.ref == ref
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ext::sh -c touch% /tmp/pwned", "remote helper"),
+        ("fd::3", "remote helper"),
+        ("foo::bar", "remote helper"),
+        ("-uhoh", "starts with '-'"),
+        ("--upload-pack=touch /tmp/pwned", "starts with '-'"),
+        ("https://host/a\nb", "control characters"),
+        ("file:///a\x1b[31m", "control characters"),
+        ("gopher://host/a", "scheme 'gopher'"),
+        ("relative/path", "not a git URL"),
+        (" https://host/a", "spaces"),
+    ],
+)
+def test_dangerous_workspace_repo_urls_are_spec_errors(url, why):
+    found = problems(set_path(base(), "workspace", {"path": "ws", "repo": url}))
+    assert [p.path for p in found] == ["workspace.repo"]
+    assert why in found[0].message
+
+
+@pytest.mark.parametrize("ref", ["-b", "a..b", "a b", "a:b", "a~1", "x^", "ends/", ".hidden", "x.lock"])
+def test_bad_refs_are_spec_errors(ref):
+    data = set_path(base(), "workspace", {"path": "ws", "repo": "/srv/r.git", "ref": ref, "push_branch": ref})
+    assert paths(data) == ["workspace.push_branch", "workspace.ref"]
+
+
+def test_repo_excludes_template_path_dot_and_worktree_isolation():
+    with_template = set_path(base(), "workspace", {"path": "ws", "repo": "/srv/r.git", "template": "t"})
+    assert [p.message for p in problems(with_template)] == [
+        "repo and template are mutually exclusive: the workspace is cloned or copied, not both"
+    ]
+    assert "not '.'" in problems(set_path(base(), "workspace", {"repo": "/srv/r.git"}))[0].message
+    assert paths(set_path(base(), "workspace", {"path": "ws", "ref": "main"})) == ["workspace"]
+    isolated = set_path(set_path(base(), "workspace", {"path": "ws", "repo": "/srv/r.git"}), "isolation", "worktree")
+    assert paths(isolated) == ["isolation"]
