@@ -28,6 +28,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
+# PostgreSQL, a Prefect server on it and process workers, for scale-out tests (started only when asked for).
+pytest_plugins = ["scaleout"]
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "jobspecs" / "examples"
 
@@ -39,9 +42,12 @@ def free_port() -> int:
 
 
 class PrefectServer:
-    """A real ``prefect server start`` on 127.0.0.1 and a free port, with a throw-away PREFECT_HOME."""
+    """A real ``prefect server start`` on 127.0.0.1 and a free port, with a throw-away PREFECT_HOME.
 
-    def __init__(self, home: Path, *, ui: bool = False) -> None:
+    Its database is SQLite in that home, or ``database_url`` (``postgresql+asyncpg://...``).
+    """
+
+    def __init__(self, home: Path, *, ui: bool = False, database_url: str | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -56,7 +62,8 @@ class PrefectServer:
             "PREFECT_UI_ENABLED": "true" if ui else "false",
             # A 503 says "retry" but hides its cause; log it so a failing test can show why.
             "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
-            **({"PREFECT_UI_API_URL": self.url} if ui else {}),
+            "PREFECT_UI_API_URL": self.url,
+            **({"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}),
         }
         self.log_path = home / "server.log"
         self._log = open(self.log_path, "wb")

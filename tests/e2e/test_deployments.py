@@ -11,7 +11,6 @@ import contextvars
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from conftest import EXAMPLES, REPO, api, longrun_cli
+from conftest import REPO, api, longrun_cli, stop_group
+from scaleout import delete_pool, deploy_job, job_spec, start_worker_process, wait_final, wait_worker_registered
 
 from longrun.flows.deploy import (
     ENTRYPOINT_FILE,
@@ -54,25 +54,6 @@ def _env(prefect_server, **extra: str) -> dict[str, str]:
     return {**os.environ, **prefect_server["env"], "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra}
 
 
-def _spec(tmp_path: Path, name: str, schedule: tuple[str, str] | None = None) -> Path:
-    """hello-loop renamed (and with a schedule), with its workspace template, under tmp_path."""
-    if not (tmp_path / "hello-loop").exists():
-        shutil.copytree(EXAMPLES / "hello-loop", tmp_path / "hello-loop")
-    text = re.sub(r"(?m)^name: hello-loop$", f"name: {name}", (EXAMPLES / "hello-loop.yaml").read_text())
-    if schedule:
-        text += f"schedule:\n  cron: '{schedule[0]}'\n  timezone: {schedule[1]}\n"
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(text)
-    return path
-
-
-def _deploy(env: dict, spec: Path, *args: str) -> dict:
-    r = longrun_cli("deploy", str(spec), *args, "--json", cwd=spec.parent, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    return json.loads(r.stdout)
-
-
 def _client():
     from prefect.client.orchestration import get_client
 
@@ -97,16 +78,8 @@ def _run_journal(root: Path, job_id: str, key: str) -> Journal:
 
 
 def _wait_final(flow_run_id, timeout: float, log: Path | None = None):
-    deadline = time.monotonic() + timeout
     with _client() as client:
-        while True:
-            fr = client.read_flow_run(flow_run_id)
-            if fr.state is not None and fr.state.is_final():
-                return fr
-            if time.monotonic() > deadline:
-                tail = log.read_text()[-4000:] if log and log.exists() else ""
-                pytest.fail(f"flow run {flow_run_id} still {fr.state.type if fr.state else None} after {timeout}s\n{tail}")
-            time.sleep(0.5)
+        return wait_final(client, flow_run_id, timeout, log)
 
 
 def _wait_waiting(flow_run_id, journal: Journal, log: Path, timeout: float = 180):
@@ -147,60 +120,20 @@ def worker(prefect_server, tmp_path_factory):
         timeout=60,
     )
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "worker",
-            "start",
-            "--pool",
-            POOL,
-            "--type",
-            "process",
-            "--name",
-            "longrun-test-worker",
-            "--prefetch-seconds",
-            "5",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_worker_process(env, POOL, "longrun-test-worker", log_path)
     try:
-        deadline = time.monotonic() + 60
         with _client() as client:
-            while not client.read_workers_for_work_pool(POOL):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the worker did not come up:\n" + log_path.read_text()[-3000:])
-                time.sleep(0.5)
+            wait_worker_registered(client, POOL, "longrun-test-worker", proc, log_path)
         yield {"pool": POOL, "log": log_path, "pid": proc.pid}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+        stop_group(proc, grace=20)
         _delete_pool(POOL)
 
 
 def _delete_pool(pool: str) -> None:
     """Delete a work pool and the deployments on it (by name, on the session server)."""
-    from prefect.client.schemas.sorting import DeploymentSort
-    from prefect.exceptions import ObjectNotFound
-
     with _client() as client:
-        for dep in client.read_deployments(limit=200, offset=0, sort=DeploymentSort.NAME_ASC):
-            if dep.work_pool_name == pool:
-                client.delete_deployment(dep.id)
-        try:
-            client.delete_work_pool(pool)
-        except ObjectNotFound:
-            pass
+        delete_pool(client, pool)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -238,7 +171,7 @@ def test_intended_run_key_is_one_key_per_intended_run():
 
 
 def test_plan_names_parameters_tags(tmp_path):
-    spec = _spec(tmp_path, "plan-me", ("30 6 * * 1-5", "America/New_York"))
+    spec = job_spec(tmp_path, "plan-me", ("30 6 * * 1-5", "America/New_York"))
     loaded = load_spec(spec)
     plan = plan_deployment(loaded, tmp_path / "root")
     assert (plan.flow_name, plan.deployment_name, plan.full_name) == ("plan-me", "plan-me", "plan-me/plan-me")
@@ -285,9 +218,9 @@ def test_deploy_to_a_process_pool_and_a_real_worker_runs_it(worker, prefect_serv
     from prefect.deployments import run_deployment
 
     env = _env(prefect_server)
-    spec = _spec(tmp_path, "deploy-worker")
+    spec = job_spec(tmp_path, "deploy-worker")
     root = tmp_path / "root"
-    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    doc = deploy_job(env, spec, "--pool", POOL, "--root", str(root))
     job_id = doc["job_id"]
     assert doc["name"] == "deploy-worker/deploy-worker" and doc["flow"] == "deploy-worker"
     assert doc["pool"] == POOL and doc["pool_created"] is False
@@ -384,8 +317,8 @@ def test_prefect_deploy_all_accepts_prefect_yaml_and_the_worker_runs_it(worker, 
 
 def test_cron_schedule_keeps_its_iana_time_zone_across_dst(prefect_server, tmp_path):
     env = _env(prefect_server)
-    spec = _spec(tmp_path, "deploy-cron", ("0 2 * * *", "Europe/Berlin"))
-    doc = _deploy(env, spec, "--pool", IDLE_POOL, "--root", str(tmp_path / "root"))
+    spec = job_spec(tmp_path, "deploy-cron", ("0 2 * * *", "Europe/Berlin"))
+    doc = deploy_job(env, spec, "--pool", IDLE_POOL, "--root", str(tmp_path / "root"))
     assert doc["schedule"] == {"cron": "0 2 * * *", "timezone": "Europe/Berlin"}
     assert len(doc["next_runs"]) == 3
     for iso in doc["next_runs"]:
@@ -413,8 +346,8 @@ def test_cron_schedule_keeps_its_iana_time_zone_across_dst(prefect_server, tmp_p
 def test_server_schedules_cron_runs_in_the_spec_time_zone(prefect_server, tmp_path):
     """The Prefect server itself creates the runs: at 02:00 Berlin on both sides of a DST change."""
     env = _env(prefect_server)
-    spec = _spec(tmp_path, "deploy-cron-server", ("0 2 * * *", "Europe/Berlin"))
-    doc = _deploy(env, spec, "--pool", IDLE_POOL, "--root", str(tmp_path / "root"))
+    spec = job_spec(tmp_path, "deploy-cron-server", ("0 2 * * *", "Europe/Berlin"))
+    doc = deploy_job(env, spec, "--pool", IDLE_POOL, "--root", str(tmp_path / "root"))
     change = _next_dst_change(BERLIN, datetime.now(UTC))
     start, end = change - timedelta(days=4), change + timedelta(days=4)
     # What the scheduler service does, for a chosen window: POST /deployments/{id}/schedule.
@@ -469,8 +402,8 @@ def test_concurrent_triggers_of_one_intended_run_make_one_flow_run(prefect_serve
     from prefect.deployments import run_deployment
 
     env = _env(prefect_server)
-    spec = _spec(tmp_path, "deploy-dedupe")
-    doc = _deploy(env, spec, "--pool", IDLE_POOL, "--root", str(tmp_path / "root"))
+    spec = job_spec(tmp_path, "deploy-dedupe")
+    doc = deploy_job(env, spec, "--pool", IDLE_POOL, "--root", str(tmp_path / "root"))
     name, job_id, dep_id = doc["name"], doc["job_id"], doc["deployment_id"]
     at = datetime(2030, 1, 15, 2, 0, tzinfo=BERLIN)
     variants = [at, at.astimezone(UTC), "2030-01-15T01:00:00Z", "2030-01-15T02:00:00+01:00"]
@@ -551,7 +484,7 @@ def test_deploy_serve_runs_triggers_and_stops_on_ctrl_c(prefect_server, tmp_path
     from prefect.deployments import run_deployment
 
     env = _env(prefect_server)
-    spec = _spec(tmp_path, "deploy-served")
+    spec = job_spec(tmp_path, "deploy-served")
     root = tmp_path / "root"
     proc = subprocess.Popen(
         [sys.executable, "-m", "longrun.cli.main", "deploy", str(spec), "--serve", "--root", str(root), "--json"],
@@ -596,7 +529,7 @@ def test_deploy_and_trigger_bad_input_exit_2_without_traceback(prefect_server, t
     cases = [
         (("deploy", str(bad)), "job_invalid_spec"),
         (("deploy", str(tmp_path / "missing.yaml")), "job_not_found"),
-        (("deploy", str(_spec(tmp_path, "deploy-badname")), "--name", "a/b"), "usage_error"),
+        (("deploy", str(job_spec(tmp_path, "deploy-badname")), "--name", "a/b"), "usage_error"),
         (("trigger", "no-such-job"), "deployment_not_found"),
         (("trigger", "no-such-job", "--at", "2030-01-01T02:00"), "usage_error"),
     ]
@@ -639,7 +572,7 @@ def test_suspend_mode_frees_the_worker_and_resumes_from_persisted_results(worker
     spec = write_job(tmp_path, SUSPEND_SPEC.format(counter=counter))
     env = _env(prefect_server)
     root = tmp_path / "root"
-    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    doc = deploy_job(env, spec, "--pool", POOL, "--root", str(root))
     job_id = doc["job_id"]
     fr = run_deployment(doc["name"], timeout=0)
     journal = _run_journal(root, job_id, f"flow-run:{fr.id}")  # a deployment run without a key is its own run
@@ -696,7 +629,7 @@ def test_an_escalation_in_suspend_mode_frees_the_worker_and_goes_on_after_approv
     spec = write_job(tmp_path, ESCALATE_SUSPEND_SPEC.format(counter=counter, go=go))
     env = _env(prefect_server)
     root = tmp_path / "root"
-    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    doc = deploy_job(env, spec, "--pool", POOL, "--root", str(root))
     job_id = doc["job_id"]
     fr = run_deployment(doc["name"], timeout=0)
     journal = _run_journal(root, job_id, f"flow-run:{fr.id}")  # a deployment run without a key is its own run
@@ -728,9 +661,9 @@ def test_each_keyed_trigger_is_its_own_run_and_a_repeated_key_is_not(worker, pre
     from prefect.deployments import run_deployment
 
     env = _env(prefect_server)
-    spec = _spec(tmp_path, "deploy-runs")
+    spec = job_spec(tmp_path, "deploy-runs")
     root = tmp_path / "root"
-    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    doc = deploy_job(env, spec, "--pool", POOL, "--root", str(root))
     job_id = doc["job_id"]
     finals = {}
     for key in ("night-1", "night-2"):
@@ -779,7 +712,7 @@ def test_a_paused_run_keeps_the_next_tick_from_running_beside_it(worker, prefect
     env = _env(prefect_server)
     spec = write_job(tmp_path, PAUSING_SPEC.format(name="deploy-paused"))
     root = tmp_path / "root"
-    doc = _deploy(env, spec, "--pool", POOL, "--root", str(root))
+    doc = deploy_job(env, spec, "--pool", POOL, "--root", str(root))
     job_id = doc["job_id"]
     first = run_deployment(doc["name"], timeout=0, idempotency_key=intended_run_key(job_id, "2030-01-01T02:00:00Z"))
     journal = _run_journal(root, job_id, "at:2030-01-01T02:00:00Z")  # the time of a tick names its run
@@ -816,7 +749,7 @@ def test_deploy_serve_stopped_right_after_it_starts_pauses_its_schedule(prefect_
     env = _env(prefect_server)
     for sig in (signal.SIGTERM, signal.SIGINT):
         name = f"serve-stop-{sig.name.lower()}"
-        spec = _spec(tmp_path, name, ("0 3 * * *", "Europe/Berlin"))
+        spec = job_spec(tmp_path, name, ("0 3 * * *", "Europe/Berlin"))
         proc = subprocess.Popen(
             [
                 sys.executable,

@@ -1,6 +1,6 @@
 """S3 evidence storage against a real S3 API: moto in server mode, as a subprocess.
 
-Faults are injected by a real HTTP proxy (threads, sockets) between boto3 and
+Faults are injected by a real HTTP proxy (threads, sockets; ``tests/s3_faults.py``) between boto3 and
 moto that can answer 503/500, drop the connection or alter a response for
 chosen requests. An independent client (s3cmd, a separate program) downloads
 what longrun uploaded.
@@ -9,25 +9,20 @@ what longrun uploaded.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import boto3
 import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 from conftest import free_port, longrun_cli
 from evidence_helpers import make_job, members, reg, write_tar
+from s3_faults import KEY, REGION, SECRET, FaultProxy, s3_client, s3_env
 from tenacity import wait_fixed, wait_none
 
 from longrun.errors import EvidenceMissing, EvidenceStoreError, EvidenceStoreInvalid, EvidenceTransientError
@@ -38,15 +33,7 @@ from longrun.journal.local import Journal
 from longrun.storage import parse_s3_uri, resolve_store
 from longrun.storage.s3 import MB, S3Store, map_s3_errors
 
-KEY, SECRET, REGION = "testing", "testing", "us-east-1"
-
-
 # ------------------------------------------------------------------ moto server
-
-
-def s3_client(endpoint: str):
-    """An independent boto3 client (default retries), for setup and checks."""
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET, region_name=REGION)
 
 
 @pytest.fixture
@@ -74,132 +61,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def s3_env(endpoint: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-
-
-# ------------------------------------------------------------------ fault proxy
-
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
-ERROR_XML = {
-    503: b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>",
-    500: b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>",
-}
-
-
-class FaultProxy:
-    """A threaded HTTP proxy in front of moto that misbehaves on request.
-
-    ``inject(action, times, when)`` queues a fault for the next ``times``
-    requests matching ``when(method, path)``: ``"503"``, ``"500"``,
-    ``"drop"`` (read the request, close without answering) or ``"tamper_meta"``
-    (forward, then change the ``x-amz-meta-sha256`` response header).
-    """
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.removeprefix("http://").split(":")
-        self.upstream = (host, int(port))
-        self.rules: list[list] = []
-        self.log: list[tuple[str, str, str]] = []
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def handle_one(self) -> None:
-                proxy.handle(self)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_one
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def inject(self, action: str, times: int = 1, when: Callable[[str, str], bool] = lambda m, p: True) -> None:
-        with self.lock:
-            self.rules.append([when, action, times])
-
-    def requests(self, method: str | None = None) -> list[tuple[str, str, str]]:
-        with self.lock:
-            return [r for r in self.log if method is None or r[0] == method]
-
-    def _action(self, method: str, path: str) -> str:
-        with self.lock:
-            for rule in self.rules:
-                when, action, left = rule
-                if left > 0 and when(method, path):
-                    rule[2] -= 1
-                    self.log.append((method, path, action))
-                    return action
-            self.log.append((method, path, "forward"))
-            return "forward"
-
-    @staticmethod
-    def _read_body(h: BaseHTTPRequestHandler) -> bytes:
-        if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            out = bytearray()
-            while True:
-                size = int(h.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while h.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                out += h.rfile.read(size)
-                h.rfile.readline()
-        return h.rfile.read(int(h.headers.get("Content-Length") or 0))
-
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
-        body = self._read_body(h)
-        action = self._action(h.command, h.path)
-        if action == "drop":
-            h.close_connection = True
-            h.connection.shutdown(socket.SHUT_RDWR)
-            return
-        if action in ("503", "500"):
-            payload = ERROR_XML[int(action)]
-            h.send_response_only(int(action))
-            h.send_header("Content-Type", "application/xml")
-            h.send_header("Content-Length", str(len(payload)))
-            h.end_headers()
-            if h.command != "HEAD":
-                h.wfile.write(payload)
-            return
-        conn = http.client.HTTPConnection(*self.upstream, timeout=30)
-        headers = {k: v for k, v in h.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers["Content-Length"] = str(len(body))
-        conn.request(h.command, h.path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-        h.send_response_only(resp.status, resp.reason)
-        for k, v in resp.getheaders():
-            if k.lower() in HOP_BY_HOP or k.lower() == "content-length":
-                continue
-            if action == "tamper_meta" and k.lower() == "x-amz-meta-sha256":
-                v = "0" * 64
-            h.send_header(k, v)
-        h.send_header("Content-Length", resp.getheader("Content-Length", "0") if h.command == "HEAD" else str(len(data)))
-        h.end_headers()
-        if h.command != "HEAD":
-            h.wfile.write(data)
-        conn.close()
+# ------------------------------------------------------------------ fault proxy (tests/s3_faults.py)
 
 
 @pytest.fixture
