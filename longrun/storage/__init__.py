@@ -118,8 +118,13 @@ def resolve_store(spec_store: str | None, root: Path) -> EvidenceStore:
     """
     kind, where = _parse_ref(spec_store, root)
     if kind == "s3":
+        from longrun.storage import mirror
         from longrun.storage.s3 import S3Store
 
+        remote = mirror.remote_for(root)
+        if remote is not None and (where == remote.url or where.startswith(remote.url + "/")):
+            # The job root's own store: as patient as its journal.
+            return S3Store.from_uri(where, max_attempts=mirror.STORE_ATTEMPTS)
         return S3Store.from_uri(where)
     if kind == "block":
         return _load_block(*where.split("/", 1))
