@@ -17,6 +17,7 @@ from longrun.engine.children import register_children
 from longrun.engine.report import gate_line, gate_payload, skipped_stage, stage_from_journal, stage_line, stage_payload
 from longrun.errors import LongrunError
 from longrun.execution.checkpoint import GateResult, IterationCheckpoint, StageResult
+from longrun.execution.checkpointing import save_stage_patch
 from longrun.execution.gates import GateInput
 from longrun.execution.stages import should_retry
 from longrun.governance.policy import judge_iteration
@@ -107,11 +108,17 @@ def _stage(
     if result is None:
         return None  # stopped while waiting out a rate limit, or the budget refused the next attempt
     outside: list[str] = []
-    if e.scoped and start_tree:
-        ws = s.ports.workspace
-        now = ws.snapshot(rt.workspace)
-        outside = scope_violations(ws.changed(rt.workspace, start_tree, now), rt.spec.scope_paths) if now else []
-    s.emit("stage_finished", stage_payload(result, outside))
+    travels = rt.spec.workspace.repo is not None and result.attempts > 0
+    now = s.ports.workspace.snapshot(rt.workspace) if start_tree and (e.scoped or travels) else None
+    if e.scoped and start_tree and now:
+        outside = scope_violations(s.ports.workspace.changed(rt.workspace, start_tree, now), rt.spec.scope_paths)
+    payload = stage_payload(result, outside)
+    if travels and start_tree and now:
+        # The iteration's changes so far travel with the stage (a worker elsewhere resumes after it),
+        # in the checkpoint store before the journal names them.
+        digest = save_stage_patch(rt, iteration, stage.id, s.ports.workspace.diff(rt.workspace, start_tree, now))
+        payload |= {"tree": now, "patch_sha256": digest}
+    s.emit("stage_finished", payload)
     faults.point("stage.finished")
     s.say(stage_line(result) + (f"  OUT OF SCOPE: {', '.join(outside)}" if outside else ""))
     return result

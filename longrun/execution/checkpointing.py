@@ -8,9 +8,11 @@ by key, for resume, without asking Prefect.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+from longrun import atomicio
 from longrun.errors import LongrunError, PathEscape
 from longrun.execution.checkpoint import (
     CheckpointStore,
@@ -26,7 +28,9 @@ from longrun.execution.checkpoint import (
     sha256_text,
 )
 from longrun.execution.runtime import JobRuntime
+from longrun.storage import mirror
 from longrun.storage.paths import JobPaths, read_nofollow
+from longrun.workspace.travel import stage_patch_path
 
 
 def _read_plan(path: Path, workspace: Path) -> str | None:
@@ -106,3 +110,12 @@ class JobRecords:
         if isinstance(record, StageResult | GateResult | IterationCheckpoint):
             return record
         return None  # an error record: the attempt raised instead of returning a result
+
+
+def save_stage_patch(rt: JobRuntime, iteration: int, stage: str, patch: str) -> str:
+    """Write a stage's patch into the checkpoint (and, on a remote root, the store); its sha256."""
+    data = patch.encode("utf-8", "surrogateescape")
+    path = stage_patch_path(rt.paths, iteration, stage)
+    atomicio.write_atomic(path, data)
+    mirror.push(path)
+    return hashlib.sha256(data).hexdigest()

@@ -159,8 +159,14 @@ class StageFinished(Payload):
     out_of_scope: tuple[str, ...] | None = Field(
         None, description="Paths changed outside scope_paths, seen right after this stage."
     )
+    tree: str | None = Field(
+        None, description="workspace.repo jobs: the workspace's git tree right after this stage (it travels as a patch)."
+    )
+    patch_sha256: str | None = Field(
+        None, description="sha256 of <iter>/stages/<stage>.patch: the iteration's changes up to and with this stage."
+    )
 
-    omit_if_none: ClassVar[frozenset[str]] = frozenset({"error", "out_of_scope"})
+    omit_if_none: ClassVar[frozenset[str]] = frozenset({"error", "out_of_scope", "tree", "patch_sha256"})
 
 
 class GateEvaluated(Payload):

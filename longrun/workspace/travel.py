@@ -14,10 +14,14 @@ the run, :func:`materialize` makes the workspace what the journal says it is:
   every check passed, so a failure leaves nothing that looks like a workspace;
 * **present** (the same machine): its tree must be the journaled end tree of
   the last finished iteration;
-* an **interrupted iteration** (started, not finished) restarts from its start
-  tree: an existing workspace with partial changes (and no finished stage) is
-  put back to it. When some of its stages finished and the workspace they
-  changed is not here, their changes are in no checkpoint:
+* an **interrupted iteration** (started, not finished) goes on after its last
+  finished stage: each finished stage journals the workspace's tree after it
+  (``stage_finished.tree``) and checkpoints the iteration's changes up to it
+  (``<iter>/stages/<stage>.patch``, sha256 journaled), so a fresh clone applies
+  that patch and checks the tree; an existing workspace with partial changes
+  of the interrupted stage is put back to that tree (or to the iteration's
+  start tree when no stage finished). A journal from before stages travelled
+  (finished stages without a tree) cannot be rebuilt elsewhere:
   ``workspace_unrecoverable``. An interrupted iteration whose checkpoint was
   written is replayed like a finished one.
 
@@ -50,6 +54,7 @@ from pathlib import Path
 
 from longrun import atomicio
 from longrun.errors import LongrunError
+from longrun.journal.payloads import StageFinished
 from longrun.journal.state import RunState
 from longrun.storage.paths import MAESTRO, JobPaths
 from longrun.workspace.gitutil import _git, diff_trees, snapshot_tree
@@ -232,27 +237,58 @@ def materialize(workspace: Path, repo: str, ref: str | None, state: RunState, pa
         commit = clone(repo, ws, ref, state.workspace_commit)
         iterations = _replayed(state)
         tree = _replay(ws, snapshot_tree(ws), state, paths, iterations)
-        _check_open(state, tree, here=False)
+        tree = _open_iteration(ws, state, tree, paths)
         os.rename(ws, workspace)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return Materialized(commit=commit, tree=tree, cloned=True, iterations=tuple(iterations))
 
 
-def _check_open(state: RunState, tree: str, *, here: bool) -> None:
-    """An open iteration (its checkpoint not written) starts again from its start tree, if nothing of it is lost."""
+def stage_patch_path(paths: JobPaths, iteration: int, stage: str) -> Path:
+    """``<iter>/stages/<stage>.patch``: the iteration's changes from its start tree up to and with ``stage``."""
+    return paths.iteration_dir(iteration) / "stages" / f"{stage}.patch"
+
+
+def _last_stage(state: RunState, it: int) -> StageFinished | None:
+    """The last stage of open iteration ``it`` that finished (its tree covers the ones before it)."""
+    finished = list(state.stage_results.get(it, {}).values())
+    return finished[-1] if finished else None
+
+
+def _open_iteration(workspace: Path, state: RunState, tree: str, paths: JobPaths) -> str:
+    """On a fresh clone: an open iteration goes on after its last finished stage (from that stage's patch).
+
+    With no finished stage it starts again from its start tree. A finished stage whose tree was not
+    journaled (a journal from before stages travelled) cannot be rebuilt here: ``workspace_unrecoverable``.
+    """
     it = state.open_iteration
     if it is None or it in state.checkpoints:
-        return
-    if state.stage_results.get(it) and not here:
-        raise LongrunError(
-            f"iteration {it} was interrupted after stage(s) {', '.join(state.stage_results[it])} finished; their changes "
-            "to the workspace are in no checkpoint and the workspace is not on this machine: resume the job where it ran",
-            code="workspace_unrecoverable",
-        )
+        return tree
     start = state.start_trees.get(it)
     if start is not None and start != tree:
         raise _diverged(f"the workspace's tree is {tree}, but the journal says iteration {it} started from {start}")
+    last = _last_stage(state, it)
+    if last is None:
+        return tree
+    if last.tree is None:
+        raise LongrunError(
+            f"iteration {it} was interrupted after stage(s) {', '.join(state.stage_results[it])} finished, and the "
+            "journal holds no tree for them (written by an older longrun): resume the job where it ran",
+            code="workspace_unrecoverable",
+        )
+    patch = stage_patch_path(paths, it, last.stage)
+    if not patch.is_file():
+        raise _diverged(f"the patch of stage {last.stage} of iteration {it} ({patch}) is missing (not fetched)")
+    if last.patch_sha256 is not None and _sha256_file(patch) != last.patch_sha256:
+        raise _diverged(f"{patch} is not the patch the journal recorded (sha256 differs): it was altered")
+    if patch.stat().st_size:
+        apply_patch(workspace, patch)
+    tree = snapshot_tree(workspace)
+    if tree != last.tree:
+        raise _diverged(
+            f"after the patch of stage {last.stage} of iteration {it} the tree is {tree}, not the journaled {last.tree}"
+        )
+    return tree
 
 
 def _check_existing(workspace: Path, state: RunState, paths: JobPaths) -> Materialized:
@@ -264,8 +300,10 @@ def _check_existing(workspace: Path, state: RunState, paths: JobPaths) -> Materi
     commit = state.workspace_commit or _git(workspace, "rev-parse", "--verify", "HEAD^{commit}").stdout.strip()
     tree = snapshot_tree(workspace)
     it = state.open_iteration
-    if it is not None and it not in state.checkpoints and not state.stage_results.get(it):
-        start = state.start_trees.get(it)
+    last = _last_stage(state, it) if it is not None else None
+    if it is not None and it not in state.checkpoints and (last is None or last.tree is not None):
+        # The iteration goes on from its last finished stage's tree, or from its start tree.
+        start = last.tree if last is not None else state.start_trees.get(it)
         if start is not None and tree != start:
             # An attempt was interrupted: undo its partial changes, the iteration restarts from its start tree.
             _reset(workspace, tree, start, paths)

@@ -36,8 +36,9 @@ pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.scaleout]
 
 PY = sys.executable
 
-# One stage per iteration: it appends "iteration N" to work.txt. On a worker started with
-# SLOW_STAGE=N it first sleeps in iteration N (long enough to be killed there).
+# Two stages per iteration: prep appends "prep N" to prep.txt, then work appends "iteration N"
+# to work.txt. On a worker started with SLOW_STAGE=N, work first sleeps in iteration N (long
+# enough to kill the machine there, after prep of that iteration finished).
 SPEC = """
 name: {name}
 goal: two iterations of work, on whichever machine
@@ -48,7 +49,10 @@ defaults: {{env_passthrough: [SLOW_STAGE]}}
 stop_conditions: {{max_iterations: 5}}
 {approvals}
 stages:
+  - id: prep
+    run: [{py}, -c, "import os; open('prep.txt', 'a').write('prep ' + os.environ['LONGRUN_ITERATION'] + chr(10))"]
   - id: work
+    depends_on: [prep]
     run:
       - {py}
       - -c
@@ -178,8 +182,10 @@ def test_a_killed_worker_s_run_is_resumed_by_another_worker(cluster, pg_prefect_
     ref = _run_ref(doc, "k1")
     c.wait_events(
         ref,
-        lambda ev: any(e["type"] == "stage_started" and e["payload"]["iteration"] == 2 for e in ev),
-        "stage of iteration 2 on machine A",
+        lambda ev: any(
+            e["type"] == "stage_started" and (e["payload"]["iteration"], e["payload"]["stage"]) == (2, "work") for e in ev
+        ),
+        "stage work of iteration 2 on machine A",
         logs=[a],
     )
     a.kill()  # the machine is gone, mid-iteration 2
@@ -196,17 +202,23 @@ def test_a_killed_worker_s_run_is_resumed_by_another_worker(cluster, pg_prefect_
     assert (status["status"], status["iterations_finished"]) == ("COMPLETED", 2)
     events = c.events("operator", ref)
     finished = [(e["payload"]["iteration"], e["payload"]["stage"]) for e in events if e["type"] == "stage_finished"]
-    assert finished == [(1, "work"), (2, "work")]  # iteration 1's stage ran once, on A; 2's once, on B
+    # Every stage ran once: iteration 1 and prep of iteration 2 on A, work of iteration 2 on B.
+    assert finished == [(1, "prep"), (1, "work"), (2, "prep"), (2, "work")]
+    split = [e["type"] for e in events].index("run_started", 2)
+    assert [(e["payload"]["iteration"], e["payload"]["stage"]) for e in events[split:] if e["type"] == "stage_started"] == [
+        (2, "work")
+    ]
     starts = [e["payload"]["flow_run_id"] for e in events if e["type"] == "run_started"]
     assert starts == [fr_a, fr_b]
     mat = [e["payload"] for e in events if e["type"] == "workspace_materialized"]
-    assert [(m["cloned"], m["iterations"]) for m in mat] == [(True, []), (True, [1])]  # B cloned and replayed 1
+    assert [(m["cloned"], m["iterations"]) for m in mat] == [(True, []), (True, [1])]  # B cloned, replayed 1, then prep of 2
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     listed = json.loads(c.cli("operator", "list", "--json").stdout)["jobs"]
     assert [(j["job"], j["status"]) for j in listed] == [(doc["job_id"], "COMPLETED")]
     # The final workspace (on B) holds both iterations' work; A's holds only what A did.
-    (b_ws,) = list(b.workdir.glob("*/ws/work.txt"))
-    assert b_ws.read_text() == "iteration 1\niteration 2\n"
+    (b_ws,) = list(b.workdir.glob("*/ws"))
+    assert (b_ws / "work.txt").read_text() == "iteration 1\niteration 2\n"
+    assert (b_ws / "prep.txt").read_text() == "prep 1\nprep 2\n"
     assert [p.read_text() for p in a.workdir.glob("*/ws/work.txt")] == ["iteration 1\n"]
     assert c.cli("operator", "verify", ref).returncode == 0
 
@@ -237,7 +249,7 @@ def test_a_suspended_approval_given_while_its_worker_is_gone_is_finished_by_anot
     assert types.count("approved") == 1 and types[-3:] == ["run_completed", "evidence_built", "evidence_uploaded"], types
     (approved,) = [e["payload"] for e in events if e["type"] == "approved"]
     assert approved["approver"] == "alice"
-    assert [(e["payload"]["iteration"]) for e in events if e["type"] == "stage_finished"] == [1, 2]  # none again
+    assert [(e["payload"]["iteration"]) for e in events if e["type"] == "stage_finished"] == [1, 1, 2, 2]  # none again
     (b_ws,) = list(b.workdir.glob("*/ws/work.txt"))
     assert b_ws.read_text() == "iteration 1\niteration 2\n"
 
@@ -289,7 +301,9 @@ def test_with_s3_faults_no_event_is_lost_or_duplicated(cluster, pg_prefect_serve
     for once in ("job_registered", "run_started", "run_completed", "evidence_built"):
         assert kinds.count(once) == 1, (once, kinds)
     assert [(e["payload"]["iteration"], e["payload"]["stage"]) for e in events if e["type"] == "stage_finished"] == [
+        (1, "prep"),
         (1, "work"),
+        (2, "prep"),
         (2, "work"),
     ]
     assert kinds[-1] == "evidence_uploaded", [e for e in events if e["type"].startswith("evidence")]
