@@ -89,9 +89,13 @@ def root_ref(args: argparse.Namespace) -> str:
 
     A directory comes back absolute; an ``s3://BUCKET/PREFIX`` URL as it is.
     """
-    from longrun.storage.mirror import is_remote_ref, normalize_url
+    from longrun.storage.mirror import is_block_ref, is_remote_ref, normalize_url
 
     ref = getattr(args, "root", None) or os.environ.get("LONGRUN_ROOT") or "."
+    if is_block_ref(ref):
+        import longrun.blocks.evidence  # noqa: F401 - installs the block loader (imports Prefect)
+
+        return ref
     return normalize_url(ref) if is_remote_ref(ref) else str(Path(ref).resolve())
 
 

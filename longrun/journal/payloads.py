@@ -319,7 +319,7 @@ class Pruned(Payload):
     by: str | None = None
 
 
-# -- a workspace cloned from workspace.repo (docs/workspace-travel.md)
+# -- a workspace cloned from workspace.repo (docs/scale-out.md)
 
 
 class WorkspaceMaterialized(Payload):

@@ -400,7 +400,7 @@ class Workspace(_Model):
         None,
         max_length=2048,
         description="Git URL (https://, ssh://, git://, file://, user@host:path or an absolute path) cloned into an "
-        "absent workspace; the checkpointed patches of the finished iterations are replayed on it (docs/workspace-travel.md). "
+        "absent workspace; the checkpointed patches of the finished iterations are replayed on it (docs/scale-out.md). "
         "Not with template.",
     )
     ref: GitRef | None = Field(

@@ -123,8 +123,8 @@ def resolve_store(spec_store: str | None, root: Path) -> EvidenceStore:
 
         remote = mirror.remote_for(root)
         if remote is not None and (where == remote.url or where.startswith(remote.url + "/")):
-            # The job root's own store: as patient as its journal.
-            return S3Store.from_uri(where, max_attempts=mirror.STORE_ATTEMPTS)
+            # The job root's own store: its endpoint and credentials (a block's, too), as patient as its journal.
+            return remote.store.with_prefix(parse_s3_uri(where)[1])
         return S3Store.from_uri(where)
     if kind == "block":
         return _load_block(*where.split("/", 1))

@@ -1,7 +1,8 @@
 """A job root on S3-compatible storage, and its mirror on the machine that uses it.
 
 ``--root s3://BUCKET/PREFIX`` (or ``LONGRUN_ROOT``) names a job root that any
-machine can reach. The store is the truth; each machine works on a *mirror*,
+machine can reach; so does a saved S3 block, ``longrun-s3-evidence-store/<name>``
+(its bucket, prefix, endpoint and credentials). The store is the truth; each machine works on a *mirror*,
 a local directory under ``$LONGRUN_WORKDIR`` (default ``~/.cache/longrun/roots``)
 laid out like any local root, whose ``.maestro/remote.json`` names the URL.
 Everything else in longrun is given the mirror's path, as for a local root,
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from longrun import atomicio
 from longrun.errors import LongrunError, SpecImmutable
-from longrun.storage import parse_s3_uri
+from longrun.storage import S3_BLOCK_SLUG, parse_s3_uri
 from longrun.storage.paths import MAESTRO
 
 if TYPE_CHECKING:
@@ -69,7 +70,28 @@ LOCAL_ONLY = frozenset({"results", "home", "worktrees", "workspaces", "evidence"
 
 
 def is_remote_ref(ref: str | os.PathLike[str] | None) -> bool:
-    return isinstance(ref, str) and ref.startswith("s3://")
+    """An ``s3://`` URL, or a saved S3 block (``longrun-s3-evidence-store/<name>``)."""
+    return isinstance(ref, str) and (ref.startswith("s3://") or is_block_ref(ref))
+
+
+def is_block_ref(ref: str | os.PathLike[str] | None) -> bool:
+    return isinstance(ref, str) and ref.startswith(S3_BLOCK_SLUG + "/")
+
+
+def _block_store(ref: str) -> S3Store:
+    """The S3 store a saved block describes (its bucket, prefix, endpoint and credentials)."""
+    from longrun.storage import _load_block
+    from longrun.storage.s3 import S3Store
+
+    slug, _, name = ref.partition("/")
+    try:
+        store = _load_block(slug, name)
+    except LongrunError as exc:
+        raise LongrunError(f"job root {ref}: {exc.message}", code="root_invalid") from None
+    if not isinstance(store, S3Store):
+        raise LongrunError(f"job root {ref} is not an S3 block", code="root_invalid")
+    store.max_attempts = max(store.max_attempts, STORE_ATTEMPTS)
+    return store
 
 
 def roots_dir() -> Path:
@@ -123,12 +145,17 @@ def open_root(ref: str | os.PathLike[str]) -> Path:
     """
     if not is_remote_ref(ref):
         return Path(ref).resolve()
-    url = normalize_url(str(ref))
+    block = str(ref) if is_block_ref(ref) else None
+    store = _block_store(block) if block else None
+    url = normalize_url(f"s3://{store.bucket}/{store.prefix}" if store else str(ref))
     bucket, _ = parse_s3_uri(url)
-    local = roots_dir() / f"{bucket}-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    local = roots_dir() / f"{bucket}-{hashlib.sha256((block or url).encode()).hexdigest()[:12]}"
     marker = local / MAESTRO / MARKER
+    if store is not None:
+        with _lock:
+            _remotes[str(local)] = Remote(url, store)
     try:
-        atomicio.write_once(marker, json.dumps({"url": url}, sort_keys=True) + "\n")
+        atomicio.write_once(marker, json.dumps({"url": url, "block": block} if block else {"url": url}, sort_keys=True) + "\n")
     except SpecImmutable:
         raise LongrunError(f"{local} mirrors another store than {url}; remove it", code="root_invalid") from None
     except OSError as exc:
@@ -151,7 +178,8 @@ def remote_for(root: Path) -> Remote | None:
     try:
         data = json.loads((Path(root) / MAESTRO / MARKER).read_text(encoding="utf-8"))
         url = normalize_url(str(data["url"]))
-        remote: Remote | None = Remote(url, _store_for(url))
+        block = data.get("block")
+        remote: Remote | None = Remote(url, _block_store(block) if isinstance(block, str) else _store_for(url))
     except FileNotFoundError:
         remote = None
     except (OSError, ValueError, KeyError, TypeError) as exc:

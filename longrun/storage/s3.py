@@ -31,6 +31,7 @@ End to end, ``longrun verify s3://…`` downloads and re-hashes everything.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import posixpath
@@ -242,6 +243,12 @@ class S3Store:
         bucket, prefix = parse_s3_uri(uri)
         endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         return cls(bucket, prefix, endpoint_url=endpoint, **kwargs)
+
+    def with_prefix(self, prefix: str) -> S3Store:
+        """The same bucket, endpoint, credentials and retries, under another key prefix."""
+        other = copy.copy(self)
+        other.prefix = prefix.strip("/")
+        return other
 
     # -- boto3 ---------------------------------------------------------------------
 

@@ -166,3 +166,52 @@ def test_a_bad_or_unreachable_root_exits_with_its_code(s3_root, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("root_invalid"), bad.stderr
     gone = cli(cwd, env, "status", "x", "--root", f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/p", timeout=300)
     assert gone.returncode == 1 and gone.stderr.startswith("root_unreachable"), gone.stderr
+
+
+def test_a_saved_s3_block_is_a_job_root_with_its_own_credentials(s3_root, moto_server, prefect_server, tmp_path):
+    """``--root longrun-s3-evidence-store/<name>``: bucket, prefix, endpoint and keys come from the block."""
+    from longrun.blocks.evidence import S3EvidenceStore
+
+    url, env_for = s3_root
+    bucket = url.removeprefix("s3://").split("/", 1)[0]
+    name = f"root-{uuid.uuid4().hex[:8]}"
+    S3EvidenceStore(
+        bucket=bucket,
+        prefix="via-block",
+        endpoint_url=moto_server,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        addressing_style="path",
+    ).save(name)
+    ref = f"longrun-s3-evidence-store/{name}"
+    a_cwd, a_env = env_for("a")
+    # No AWS variables at all: the block is the only way to the store.
+    a_env = {k: v for k, v in a_env.items() if not k.startswith("AWS_")} | {"LONGRUN_ROOT": ref}
+    spec = write_job(
+        a_cwd,
+        f"""
+name: via-block
+goal: one iteration
+workspace: {{path: ws, template: template}}
+allowed_tools: [{PY}]
+model_policy: {{default: m}}
+sandbox: none
+stop_conditions: {{max_iterations: 1}}
+stages:
+  - {{id: s, run: [{PY}, -c, "open('x', 'w').write('x')"]}}
+""",
+    )
+    run = cli(a_cwd, a_env, "run", str(spec), "--json")
+    assert run.returncode in (0, 3), run.stderr  # one iteration, no gate: stopped by max_iterations
+    job = json.loads(run.stdout)["job_id"]
+    client = boto3.client(
+        "s3", endpoint_url=moto_server, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="via-block/").get("Contents", [])]
+    assert f"via-block/jobs/{job}/events/000000000001.json" in keys
+    assert f"via-block/evidence/{job}/{job}.tar.gz" in keys  # the bundle went with the block's credentials too
+    b_cwd, b_env = env_for("b")
+    b_env = {k: v for k, v in b_env.items() if not k.startswith("AWS_")}
+    status = cli(b_cwd, b_env, "status", "via-block", "--root", ref, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["job_id"] == job, status.stderr
