@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from longrun import atomicio
 from longrun.errors import LongrunError, SpecImmutable
 from longrun.storage import S3_BLOCK_SLUG, parse_s3_uri
-from longrun.storage.paths import MAESTRO
+from longrun.storage.paths import MAESTRO, read_nofollow
 
 if TYPE_CHECKING:
     from longrun.storage.s3 import S3Store
@@ -279,8 +279,9 @@ def push(path: Path) -> None:
     if loc is None:
         return
     remote, key = loc
+    data = read_nofollow(Path(path))  # a symlink planted in a checkpoint directory is refused, never followed
     try:
-        remote.store.put_bytes(key, Path(path).read_bytes())
+        remote.store.put_bytes(key, data)
     except LongrunError as exc:
         raise remote_error(exc, f"upload {remote.url}/{key}") from None
 

@@ -259,3 +259,22 @@ def test_a_bad_or_unreachable_root_is_a_clear_error(s3, tmp_path, monkeypatch):
     with pytest.raises(LongrunError) as err:
         mirror.open_root(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")
     assert err.value.code == "root_unreachable" and "NoSuchBucket" in err.value.message
+
+
+def test_only_regular_files_of_a_checkpoint_go_to_the_store(s3, tmp_path, monkeypatch):
+    """A stage can write its usage directory: a symlink it plants there is not followed into the store."""
+    client, url = s3
+    a = machine(tmp_path, "a", url, monkeypatch)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("worker credentials\n")
+    it = JobPaths(a, JOB).iteration_dir(1)
+    (it / "usage").mkdir(parents=True)
+    (it / "usage" / "plan.json").write_text('{"usd": 0.01}\n')
+    (it / "usage" / "leak.json").symlink_to(secret)
+    (it / "linked-dir").symlink_to(tmp_path)
+    assert mirror.push_tree(it) == 1
+    assert mirror.push_tree(it) == 0  # unchanged files are not sent again
+    assert keys(client, url, "checkpoints/") == [f"checkpoints/{JOB}/1/usage/plan.json"]
+    with pytest.raises(LongrunError) as err:
+        mirror.push(it / "usage" / "leak.json")
+    assert err.value.code == "path_escape"
