@@ -207,8 +207,17 @@ def locate(path: Path) -> tuple[Remote, str] | None:
 def remote_error(exc: LongrunError, what: str) -> LongrunError:
     """A store failure while doing ``what``: ``store_unavailable`` (retries ran out) or ``store_error``."""
     code = "store_unavailable" if exc.retryable else "store_error"
-    err = LongrunError(f"{what}: {exc.message}; nothing was lost, try again", code=code, retryable=exc.retryable)
-    return err
+    return LongrunError(f"{what}: {exc.message}; nothing was lost, try again", code=code, retryable=exc.retryable)
+
+
+def _put_once(remote: Remote, key: str, data: bytes | str) -> tuple[bool, bytes | None]:
+    """A conditional write of ``key``: (created, the bytes the key holds now; None if it vanished meanwhile)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    try:
+        created = remote.store.put_bytes(key, payload, if_absent=True)
+        return created, payload if created else remote.store.get_bytes(key)
+    except LongrunError as exc:
+        raise remote_error(exc, f"write {remote.url}/{key}") from None
 
 
 def create_once(path: Path, data: bytes | str) -> bool:
@@ -217,12 +226,7 @@ def create_once(path: Path, data: bytes | str) -> bool:
     if loc is None:
         return atomicio.create_once(path, data)
     remote, key = loc
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    try:
-        created = remote.store.put_bytes(key, payload, if_absent=True)
-        held = payload if created else remote.store.get_bytes(key)
-    except LongrunError as exc:
-        raise remote_error(exc, f"create {remote.url}/{key}") from None
+    created, held = _put_once(remote, key, data)
     if held is None:  # deleted between the refused write and the read: treat as taken
         return False
     atomicio.create_once(path, held)
@@ -240,11 +244,7 @@ def write_once(path: Path, data: bytes | str) -> bool:
         return atomicio.write_once(path, data)
     remote, key = loc
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    try:
-        created = remote.store.put_bytes(key, payload, if_absent=True)
-        held = payload if created else remote.store.get_bytes(key)
-    except LongrunError as exc:
-        raise remote_error(exc, f"write {remote.url}/{key}") from None
+    created, held = _put_once(remote, key, payload)
     if held is None:
         raise LongrunError(f"{remote.url}/{key} vanished while it was written", code="store_error")
     if held != payload:
