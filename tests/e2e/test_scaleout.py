@@ -37,15 +37,15 @@ pytestmark = [pytest.mark.prefect, pytest.mark.slow, pytest.mark.scaleout]
 PY = sys.executable
 
 # Two stages per iteration: prep appends "prep N" to prep.txt, then work appends "iteration N"
-# to work.txt. On a worker started with SLOW_STAGE=N, work first sleeps in iteration N (long
-# enough to kill the machine there, after prep of that iteration finished).
+# to work.txt. On a worker started with SLOW_STAGE=N, work first sleeps in iteration N
+# (SLOW_SECONDS, default 120: long enough to kill the machine there, after prep finished).
 SPEC = """
 name: {name}
 goal: two iterations of work, on whichever machine
 workspace: {{path: ws, repo: "{repo}", ref: main}}
 allowed_tools: [{py}]
 model_policy: {{default: m}}
-defaults: {{env_passthrough: [SLOW_STAGE]}}
+defaults: {{env_passthrough: [SLOW_STAGE, SLOW_SECONDS]}}
 stop_conditions: {{max_iterations: 5}}
 {approvals}
 stages:
@@ -60,7 +60,7 @@ stages:
         import os, time
         it = os.environ["LONGRUN_ITERATION"]
         if os.environ.get("SLOW_STAGE") == it:
-            time.sleep(120)
+            time.sleep(float(os.environ.get("SLOW_SECONDS", "120")))
         with open("work.txt", "a") as f:
             f.write(f"iteration {{it}}\\n")
 quality_gates:
@@ -263,7 +263,8 @@ def test_two_workers_starting_one_run_at_once_run_it_once(cluster, pg_prefect_se
     """(c): two flow runs of one intended run, picked up at once by two workers."""
     c = cluster("travel-c")
     doc = c.deploy(concurrency=2)
-    workers = [c.worker("machine-a", SLOW_STAGE="1"), c.worker("machine-b", SLOW_STAGE="1")]
+    # The winner's first stage takes 20 s: long enough to still run when the loser decides.
+    workers = [c.worker(m, SLOW_STAGE="1", SLOW_SECONDS="20") for m in ("machine-a", "machine-b")]
     runs = [c.start_run(doc, "same"), c.start_run(doc, "same")]
     with pg_prefect_server.client() as client:
         # Both are picked up and started (the slow stage keeps the winner running meanwhile).
