@@ -87,6 +87,19 @@ def test_a_job_run_on_one_machine_is_seen_verified_and_pruned_from_another(s3_ro
     assert verify.returncode == 0 and "OK" in verify.stdout, verify.stdout + verify.stderr
     assert "on disk" in verify.stdout
 
+    # b rebuilds the bundle from the checkpoints in the store (the same files A packed) and uploads it there.
+    built = [
+        e for e in map(json.loads, cli(b_cwd, b_env, "tail", job, "--json").stdout.splitlines()) if e["type"] == "evidence_built"
+    ]
+    rebuilt = cli(b_cwd, b_env, "evidence", job, "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    doc = json.loads(rebuilt.stdout)
+    assert (doc["status"], doc["uploaded"]["uri"]) == ("uploaded", f"{url}/evidence/{job}/{job}.tar.gz")
+    assert doc["bundle"]["files"] == built[0]["payload"]["files"]
+    # tail --follow on a finished run prints to the end and returns.
+    follow = cli(b_cwd, b_env, "tail", job, "--follow", "-n", "1", timeout=60)
+    assert follow.returncode == 0 and "evidence_uploaded" in follow.stdout, follow.stdout + follow.stderr
+
     # Prune from b removes the checkpoints in the store; c still verifies the run against its bundle.
     prune = cli(b_cwd, b_env, "prune", job, "--older-than", "0", "--keep-last", "0", "--json")
     assert prune.returncode == 0, prune.stderr
