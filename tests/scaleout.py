@@ -264,6 +264,12 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def ran(self, flow_run_id: str) -> bool:
+        """Whether this worker ran the flow run: it submitted it, and the server did not abort that
+        (every worker that polls may try to submit a run; all but one are told to abort)."""
+        log = self.log()
+        return f"submitting flow run '{flow_run_id}'" in log and f"Aborted submission of flow run '{flow_run_id}'" not in log
+
     def pids(self) -> set[int]:
         """Every live process of this worker: itself, its descendants, their sessions, and anything with its tag."""
         table = _proc_table()
