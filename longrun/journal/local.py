@@ -177,10 +177,6 @@ class Journal:
 
     def sync(self) -> None:
         """Bring the mirror up to the store's journal (no-op on a local root)."""
-        self._pull()
-
-    def _pull(self) -> None:
-        """Bring the mirror up to the store's journal (no-op on a local root)."""
         if self._remote is None:
             return
         fetched = None
@@ -213,8 +209,13 @@ class Journal:
                 )
 
     def _last_lines(self, fd: int, n: int) -> list[bytes]:
-        size = os.fstat(fd).st_size
-        return os.pread(fd, size, 0).splitlines(keepends=True)[-n:]
+        """The last ``n`` complete lines, read backwards from the end (not the whole journal)."""
+        end = os.fstat(fd).st_size
+        start, data = end, b""
+        while start > 0 and data.count(b"\n") <= n:
+            start = max(0, start - _CHUNK)
+            data = os.pread(fd, end - start, start)
+        return data.splitlines(keepends=True)[-n:]
 
     def _read_local(self) -> list[Event]:
         events, _, _, _ = self._scan(0, 0, 0)
@@ -236,11 +237,8 @@ class Journal:
         Raises :class:`JournalCorrupt` (naming the line) for a malformed line
         or a seq that does not increase.
         """
-        self._pull()
         self._cursor = (0, 0, 0)
-        events, *cursor = self._scan(0, 0, 0)
-        self._cursor = (cursor[0], cursor[1], cursor[2])
-        return events
+        return self.tail()
 
     def tail(self) -> list[Event]:
         """Events appended since the last :meth:`read` or :meth:`tail` of this object.
@@ -248,16 +246,15 @@ class Journal:
         Reads only the bytes after the last complete line seen, so following
         a journal costs what it gained, not its length.
         """
-        self._pull()
+        self.sync()
         events, *cursor = self._scan(*self._cursor)
         self._cursor = (cursor[0], cursor[1], cursor[2])
         return events
 
     def iter_from(self, seq: int) -> Iterator[Event]:
         """Events with ``event.seq >= seq``, in order (the whole file is validated)."""
-        self._pull()
-        events, _, _, _ = self._scan(0, 0, 0)
-        return (e for e in events if e.seq >= seq)
+        self.sync()
+        return (e for e in self._read_local() if e.seq >= seq)
 
     def follow(
         self,
@@ -282,7 +279,7 @@ class Journal:
 
     def is_empty(self) -> bool:
         """No complete event yet: a missing file, or only a torn first line. Reads no further than the first newline."""
-        self._pull()
+        self.sync()
         try:
             with open(self.path, "rb") as fh:
                 while chunk := fh.read(1 << 16):

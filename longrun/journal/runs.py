@@ -38,6 +38,7 @@ from pathlib import Path
 
 from longrun import atomicio
 from longrun.errors import LongrunError
+from longrun.journal.local import Journal
 from longrun.storage import mirror
 from longrun.storage.paths import JOB_ID_RE, JobPaths, check_job_id
 
@@ -120,19 +121,19 @@ def list_runs(root: Path, job_id: str) -> list[RunClaim]:
 
 
 def sync_runs(root: Path, job_id: str) -> None:
-    """On a remote root: fetch the job's run claims, run records and journals the mirror lacks (no-op locally)."""
-    from longrun.journal.local import Journal
+    """On a remote root: fetch the job's run claims and run records the mirror lacks, and the job's own journal.
 
+    A run's journal is not fetched here: every read of a journal on a mirror fetches what it lacks
+    (:meth:`Journal.sync`). No-op locally.
+    """
     names = mirror.list_files(runs_dir(root, job_id))
     if names is None:
         return
-    Journal(JobPaths(root, job_id).events_file).sync()
+    Journal(JobPaths(root, job_id).events_file).sync()  # a first keyless run's journal: list_runs looks for the file
     for name in names:
         if JOB_ID_RE.match(name):
             mirror.fetch(runs_dir(root, job_id) / name)
-            run = JobPaths(root, name)
-            fetch_record(run)
-            Journal(run.events_file).sync()
+            fetch_record(JobPaths(root, name))
 
 
 def fetch_record(paths: JobPaths) -> bool:

@@ -13,8 +13,8 @@ import threading
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
+from s3_faults import s3_client, s3_env
 
 from longrun.errors import LongrunError
 from longrun.journal import local as journal_local
@@ -25,24 +25,17 @@ from longrun.journal.runs import JobLock, claim_run, list_runs
 from longrun.storage import mirror
 from longrun.storage.paths import JobPaths
 
-KEY, SECRET, REGION = "testing", "testing", "us-east-1"
 JOB = "0123456789ab"
 
 
 @pytest.fixture
 def s3(moto_server, monkeypatch):
     """A fresh bucket; boto3's standard configuration pointed at moto through the environment."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL": moto_server,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    }.items():
-        monkeypatch.setenv(name, value)
+    for name, value in s3_env(moto_server).items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
     bucket = f"root-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=moto_server, region_name=REGION)
+    client = s3_client(moto_server)
     client.create_bucket(Bucket=bucket)
     return client, f"s3://{bucket}/team/a"
 
@@ -150,6 +143,7 @@ def test_segments_let_a_fresh_machine_catch_up_in_few_reads(s3, tmp_path, monkey
     client, url = s3
     monkeypatch.setattr(journal_local, "SEGMENT", 8)
     monkeypatch.setattr(journal_remote, "SEGMENT", 8)
+    monkeypatch.setattr(journal_local, "_CHUNK", 64)  # a segment's lines are read back from the end, chunk by chunk
     a = machine(tmp_path, "a", url, monkeypatch)
     writer = Journal(JobPaths(a, JOB).events_file)
     for n in range(20):
