@@ -33,7 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -204,6 +206,12 @@ def locate(path: Path) -> tuple[Remote, str] | None:
     return None
 
 
+def locate_dir(directory: Path) -> tuple[Remote, str] | None:
+    """``(remote, key prefix ending in /)`` for a directory inside a mirror's ``.maestro/``; None on a local root."""
+    loc = locate(Path(directory) / "_")
+    return (loc[0], loc[1][: -len("_")]) if loc is not None else None
+
+
 def remote_error(exc: LongrunError, what: str) -> LongrunError:
     """A store failure while doing ``what``: ``store_unavailable`` (retries ran out) or ``store_error``."""
     code = "store_unavailable" if exc.retryable else "store_error"
@@ -288,11 +296,10 @@ def push(path: Path) -> None:
 
 def pull_tree(directory: Path) -> int:
     """Download every object under a mirror directory that the mirror lacks; returns how many. No-op locally."""
-    loc = locate(Path(directory) / "_")
+    loc = locate_dir(directory)
     if loc is None:
         return 0
-    remote, key = loc
-    prefix = key[: -len("_")]
+    remote, prefix = loc
     base = Path(directory)
     try:
         keys = remote.store.list_keys(prefix)
@@ -311,23 +318,22 @@ def pull_tree(directory: Path) -> int:
 
 def list_names(directory: Path) -> list[str] | None:
     """The names one level below a mirror directory in the store; None on a local root."""
-    loc = locate(Path(directory) / "_")
+    loc = locate_dir(directory)
     if loc is None:
         return None
-    remote, key = loc
+    remote, prefix = loc
     try:
-        return remote.store.list_dirs(key[: -len("_")])
+        return remote.store.list_dirs(prefix)
     except LongrunError as exc:
-        raise remote_error(exc, f"list {remote.url}/{key[:-1]}") from None
+        raise remote_error(exc, f"list {remote.url}/{prefix}") from None
 
 
 def list_files(directory: Path) -> list[str] | None:
     """The object names directly in a mirror directory in the store; None on a local root."""
-    loc = locate(Path(directory) / "_")
+    loc = locate_dir(directory)
     if loc is None:
         return None
-    remote, key = loc
-    prefix = key[: -len("_")]
+    remote, prefix = loc
     try:
         return [k[len(prefix) :] for k in remote.store.list_keys(prefix) if "/" not in k[len(prefix) :]]
     except LongrunError as exc:
@@ -350,11 +356,10 @@ class Lease:
     """
 
     def __init__(self, directory: Path, holder: str, *, sleep: float = 0.2) -> None:
-        loc = locate(Path(directory) / "_")
+        loc = locate_dir(directory)
         if loc is None:
             raise ValueError(f"{directory} is not in a mirror of a remote root")
-        self.remote, key = loc
-        self.prefix = key[: -len("_")]
+        self.remote, self.prefix = loc
         self.holder = holder
         self.sleep = sleep
         self.seq: int | None = None
@@ -379,9 +384,6 @@ class Lease:
 
     def acquire(self, wait_s: float) -> None:
         """Hold the lease, waiting up to ``wait_s`` for its holder; ``job_already_running`` after that."""
-        import socket
-        import time
-
         deadline = time.monotonic() + wait_s
         try:
             while True:
@@ -428,11 +430,10 @@ def default_evidence_store(root: Path) -> str | None:
 
 def remove_tree(directory: Path) -> None:
     """Delete the store's objects under a mirror directory (no-op on a local root)."""
-    loc = locate(Path(directory) / "_")
+    loc = locate_dir(directory)
     if loc is None:
         return
-    remote, key = loc
-    prefix = key[: -len("_")]
+    remote, prefix = loc
     try:
         remote.store.delete_keys(remote.store.list_keys(prefix))
     except LongrunError as exc:
@@ -449,7 +450,7 @@ def push_tree(directory: Path, *, skip: Path | None = None) -> int:
     Symlinks are not followed (a stage cannot smuggle a file from elsewhere into the store). No-op locally.
     """
     directory = Path(directory)
-    if locate(directory / "_") is None or not directory.is_dir():
+    if locate_dir(directory) is None or not directory.is_dir():
         return 0
     sent = 0
     for path in sorted(directory.rglob("*")):

@@ -405,51 +405,49 @@ class S3Store:
 
         return self._retry(f"get {uri}", get)
 
+    def _list_pages(
+        self, full_prefix: str, *, delimiter: str | None = None, start_after: str | None = None, max_keys: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """``ListObjectsV2`` responses for ``full_prefix``, page by page, each retried."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        if max_keys:
+            kwargs["MaxKeys"] = max_keys
+        what = f"list s3://{self.bucket}/{full_prefix}"
+
+        def page() -> dict[str, Any]:
+            with map_s3_errors(what):
+                return dict(self.client.list_objects_v2(**kwargs))
+
+        while True:
+            resp = self._retry(what, page)
+            yield resp
+            if not resp.get("IsTruncated") or not resp.get("NextContinuationToken"):
+                return
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
     def list_keys(self, prefix: str, *, start_after: str | None = None, limit: int | None = None) -> list[str]:
         """Keys under ``prefix`` (relative to the store's prefix), in order; after ``start_after`` when given."""
         base = f"{self.prefix}/" if self.prefix else ""
-        full_prefix = base + prefix
         out: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            elif start_after:
-                kwargs["StartAfter"] = base + start_after
-            if limit is not None:
-                kwargs["MaxKeys"] = min(1000, limit - len(out))
-
-            def page(kw: dict[str, Any] = kwargs) -> dict[str, Any]:
-                with map_s3_errors(f"list s3://{self.bucket}/{full_prefix}"):
-                    return dict(self.client.list_objects_v2(**kw))
-
-            resp = self._retry(f"list s3://{self.bucket}/{full_prefix}", page)
+        after = base + start_after if start_after else None
+        for resp in self._list_pages(base + prefix, start_after=after, max_keys=min(1000, limit) if limit else None):
             out.extend(obj["Key"][len(base) :] for obj in resp.get("Contents", []))
-            token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
-            if token is None or (limit is not None and len(out) >= limit):
-                return out
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        return out
 
     def list_dirs(self, prefix: str) -> list[str]:
         """The names one level below ``prefix`` (``prefix`` ends with ``/``): S3's common prefixes."""
-        base = f"{self.prefix}/" if self.prefix else ""
-        full_prefix = base + prefix
-        out: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix, "Delimiter": "/"}
-            if token:
-                kwargs["ContinuationToken"] = token
-
-            def page(kw: dict[str, Any] = kwargs) -> dict[str, Any]:
-                with map_s3_errors(f"list s3://{self.bucket}/{full_prefix}"):
-                    return dict(self.client.list_objects_v2(**kw))
-
-            resp = self._retry(f"list s3://{self.bucket}/{full_prefix}", page)
-            out.extend(p["Prefix"][len(full_prefix) :].rstrip("/") for p in resp.get("CommonPrefixes", []))
-            token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
-            if token is None:
-                return out
+        full_prefix = (f"{self.prefix}/" if self.prefix else "") + prefix
+        return [
+            p["Prefix"][len(full_prefix) :].rstrip("/")
+            for resp in self._list_pages(full_prefix, delimiter="/")
+            for p in resp.get("CommonPrefixes", [])
+        ]
 
     def delete_keys(self, keys: list[str]) -> None:
         """Delete ``keys`` (relative), 1000 per request; absent keys are fine."""
