@@ -14,31 +14,21 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 from conftest import EXAMPLES, longrun_cli, stop_group, write_job
+from s3_faults import KEY, REGION, SECRET, s3_client, s3_env
 
 pytestmark = pytest.mark.prefect
 
 PY = sys.executable
-REGION = "us-east-1"
 
 
 @pytest.fixture
 def s3_root(moto_server, cli_env, tmp_path):
     """``(url, env_for(machine))``: a fresh bucket, and the environment of a CLI on machine ``name``."""
     bucket = f"lr-{uuid.uuid4().hex[:12]}"
-    aws = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL": moto_server,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    }
-    boto3.client(
-        "s3", endpoint_url=moto_server, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
-    ).create_bucket(Bucket=bucket)
+    aws = {k: v for k, v in s3_env(moto_server).items() if k.startswith("AWS_")}
+    s3_client(moto_server).create_bucket(Bucket=bucket)
     url = f"s3://{bucket}/jobs-root"
 
     def env_for(name: str) -> tuple[Path, dict]:
@@ -104,13 +94,7 @@ def test_a_job_run_on_one_machine_is_seen_verified_and_pruned_from_another(s3_ro
     prune = cli(b_cwd, b_env, "prune", job, "--older-than", "0", "--keep-last", "0", "--json")
     assert prune.returncode == 0, prune.stderr
     assert json.loads(prune.stdout)["jobs"][0]["iterations"] == [1, 2]
-    client = boto3.client(
-        "s3",
-        endpoint_url=a_env["AWS_ENDPOINT_URL"],
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = s3_client(a_env["AWS_ENDPOINT_URL"])
     bucket, prefix = url.removeprefix("s3://").split("/", 1)
     left = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/checkpoints/{job}/").get("KeyCount")
     assert left == 0
@@ -193,8 +177,8 @@ def test_a_saved_s3_block_is_a_job_root_with_its_own_credentials(s3_root, moto_s
         prefix="via-block",
         endpoint_url=moto_server,
         region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
         addressing_style="path",
     ).save(name)
     ref = f"longrun-s3-evidence-store/{name}"
@@ -218,9 +202,7 @@ stages:
     run = cli(a_cwd, a_env, "run", str(spec), "--json")
     assert run.returncode in (0, 3), run.stderr  # one iteration, no gate: stopped by max_iterations
     job = json.loads(run.stdout)["job_id"]
-    client = boto3.client(
-        "s3", endpoint_url=moto_server, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
+    client = s3_client(moto_server)
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="via-block/").get("Contents", [])]
     assert f"via-block/jobs/{job}/events/000000000001.json" in keys
     assert f"via-block/evidence/{job}/{job}.tar.gz" in keys  # the bundle went with the block's credentials too
