@@ -215,11 +215,8 @@ def _start(s: Session, source: str | None, force: bool) -> dict[str, Any] | None
             f"approve it with: longrun approve {rt.job_id} --step {step} --approver NAME"
         )
         return s.outcome()
-    if not force and (why := live_run(s)) is not None:
-        raise LongrunError(
-            f"{rt.spec.name} ({rt.job_id}) is already RUNNING ({why}); refusing to start it twice (use --force if that run is gone)",
-            code="job_already_running",
-        )
+    if not force and (refusal := _live_elsewhere(s, state)) is not None:
+        raise refusal  # before any work; run_started below checks again, atomically with its append
     s.ports.workspace.prepare(rt, Path(source).parent if source else None)
     done = s.ports.workspace.materialize(rt, state)
     # A compare-and-set: the check runs on the journal as it is at our seq (on a remote root, whoever
@@ -231,11 +228,13 @@ def _start(s: Session, source: str | None, force: bool) -> dict[str, Any] | None
 
 
 def _live_elsewhere(s: Session, state: RunState) -> LongrunError | None:
+    """``job_already_running`` if ``state`` shows this run live in another process (the duplicate-run guard)."""
     why = alive(state, s.ports.liveness, s.rt.run_id)
     if why is None:
         return None
     return LongrunError(
-        f"{s.rt.spec.name} ({s.rt.job_id}) is already RUNNING ({why}); refusing to start it twice", code="job_already_running"
+        f"{s.rt.spec.name} ({s.rt.job_id}) is already RUNNING ({why}); refusing to start it twice (use --force if that run is gone)",
+        code="job_already_running",
     )
 
 
@@ -283,8 +282,3 @@ def _loop(e: Engine) -> None:
             return
         if not conclusion.conclude(e, iteration):
             return
-
-
-def live_run(s: Session) -> str | None:
-    """Whether this run is already live in another process (the journal-level duplicate-run guard)."""
-    return alive(s.state, s.ports.liveness, s.rt.run_id)
