@@ -127,6 +127,8 @@ class Remote:
 _lock = threading.Lock()
 #: resolved root path → its Remote, or None for a local root. A marker is written once, so this never goes stale.
 _remotes: dict[str, Remote | None] = {}
+#: Files this process put in the store: path → (mtime_ns, size) when it did (a file changed since goes again).
+_pushed: dict[str, tuple[int, int]] = {}
 
 
 #: Attempts per store request (tenacity, exponential backoff): the journal of a running job rides on them.
@@ -287,11 +289,13 @@ def push(path: Path) -> None:
     if loc is None:
         return
     remote, key = loc
+    st = Path(path).stat()
     data = read_nofollow(Path(path))  # a symlink planted in a checkpoint directory is refused, never followed
     try:
         remote.store.put_bytes(key, data)
     except LongrunError as exc:
         raise remote_error(exc, f"upload {remote.url}/{key}") from None
+    _pushed[str(path)] = (st.st_mtime_ns, st.st_size)
 
 
 def pull_tree(directory: Path) -> int:
@@ -440,10 +444,6 @@ def remove_tree(directory: Path) -> None:
         raise remote_error(exc, f"delete {remote.url}/{prefix}") from None
 
 
-#: Files this process put in the store: path → (mtime_ns, size) when it did (a file changed since goes again).
-_pushed: dict[str, tuple[int, int]] = {}
-
-
 def push_tree(directory: Path, *, skip: Path | None = None) -> int:
     """Put every regular file under a mirror directory that changed since this process last put it; how many.
 
@@ -457,10 +457,8 @@ def push_tree(directory: Path, *, skip: Path | None = None) -> int:
         if path == skip or path.is_symlink() or not path.is_file():
             continue
         st = path.stat()
-        mark = (st.st_mtime_ns, st.st_size)
-        if _pushed.get(str(path)) == mark:
-            continue
+        if _pushed.get(str(path)) == (st.st_mtime_ns, st.st_size):
+            continue  # put by this process already (by push_tree or push), unchanged since
         push(path)
-        _pushed[str(path)] = mark
         sent += 1
     return sent
