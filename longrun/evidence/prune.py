@@ -184,8 +184,7 @@ def _prune_worktree(result: PruneResult, root: Path, loaded: Any, dry_run: bool)
 def _prune_checkpoints(result: PruneResult, root: Path, state: Any, keep_last: int, dry_run: bool) -> None:
     from longrun.evidence.bundle import checkpoint_members
     from longrun.evidence.verify import bundle_members
-    from longrun.execution.checkpoint import sha256_file
-    from longrun.storage.paths import JobPaths
+    from longrun.storage.paths import JobPaths, sha256_file
 
     paths = JobPaths(root, result.job_id)
     last = state.iteration - keep_last

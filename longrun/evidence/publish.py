@@ -25,7 +25,7 @@ from longrun.evidence.bundle import BundleResult, build_bundle
 from longrun.evidence.signing import envelope_path, load_private_key, sign_manifest
 from longrun.evidence.verify import load_bundle, verify
 from longrun.storage import EvidenceStore, StoredObject, mirror, resolve_store
-from longrun.storage.paths import check_job_id
+from longrun.storage.paths import check_job_id, sha256_file
 
 __all__ = ["EvidenceOutcome", "finalize_evidence", "push_evidence", "remote_keys"]
 
@@ -144,11 +144,11 @@ def _upload(root: Path, bundle: BundleResult, store_ref: str, journal: EventSink
         store: EvidenceStore = resolve_store(store_ref, root)
         store_uri = store.uri_for(tar_key)
         uploaded = store.put(bundle.tar_path, tar_key, sha256=bundle.sha256)
-        manifest_sha = _sha256(bundle.manifest_path)
+        manifest_sha = sha256_file(bundle.manifest_path)
         manifest_uploaded = store.put(bundle.manifest_path, manifest_key, sha256=manifest_sha)
         signature = envelope_path(bundle.manifest_path)
         if signature.is_file():
-            store.put(signature, manifest_key + ".dsse.json", sha256=_sha256(signature))
+            store.put(signature, manifest_key + ".dsse.json", sha256=sha256_file(signature))
     except LongrunError as exc:
         journal.append(
             "evidence_upload_failed",
@@ -162,12 +162,6 @@ def _upload(root: Path, bundle: BundleResult, store_ref: str, journal: EventSink
         job_id=bundle.job_id,
     )
     return EvidenceOutcome(bundle, "uploaded", store_uri=uploaded.uri, uploaded=uploaded, manifest_uploaded=manifest_uploaded)
-
-
-def _sha256(path: Path) -> str:
-    from longrun.execution.checkpoint import sha256_file
-
-    return sha256_file(path)
 
 
 def fetch_uploaded_bundle(root: Path, job_id: str, state: Any, *, endpoint_url: str | None = None) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from longrun import atomicio
 from longrun.errors import LongrunError, PathEscape
 from longrun.storage import mirror
-from longrun.storage.paths import open_nofollow
 
 RECORD_VERSION = 1
 CHECKPOINT_FILES = ("plan-diff.md", "patch.diff", "command.log", "test-report.json", "summary.md")
@@ -147,15 +145,6 @@ def decode_record(blob: bytes) -> Any:
     if isinstance(record, ErrorRecord):
         return LongrunError(record.message, code="stage_failed")
     return record
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """The sha256 of a regular file, opened without following a symlink (``path_escape``)."""
-    h = hashlib.sha256()
-    with os.fdopen(open_nofollow(Path(path)), "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_text(text: str) -> str:

@@ -24,12 +24,11 @@ from longrun.execution.checkpoint import (
     merge_test_reports,
     plan_diff,
     render_summary,
-    sha256_file,
     sha256_text,
 )
 from longrun.execution.runtime import JobRuntime
 from longrun.storage import mirror
-from longrun.storage.paths import JobPaths, read_nofollow
+from longrun.storage.paths import JobPaths, read_nofollow, sha256_file
 from longrun.workspace.travel import stage_patch_path
 
 

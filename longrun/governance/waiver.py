@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from longrun.errors import LongrunError, PathEscape
-from longrun.execution.checkpoint import CHECKPOINT_FILES, sha256_file
+from longrun.execution.checkpoint import CHECKPOINT_FILES
 from longrun.journal.state import RunState, Status
-from longrun.storage.paths import JobPaths, safe_join
+from longrun.storage.paths import JobPaths, safe_join, sha256_file
 
 __all__ = ["WAIVER_PATH", "StrictReport", "Waiver", "check_waiver", "load_waiver", "strict_check", "strict_report"]
 

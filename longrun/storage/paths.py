@@ -19,6 +19,7 @@ that lead outside are refused with ``path_escape`` (SPEC G4).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -170,3 +171,12 @@ def read_nofollow(path: Path, *, base: Path | None = None) -> bytes:
     """The bytes of ``path``, opened as :func:`open_nofollow` does."""
     with os.fdopen(open_nofollow(path, base=base), "rb") as fh:
         return fh.read()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a regular file, opened without following a symlink (``path_escape``)."""
+    h = hashlib.sha256()
+    with os.fdopen(open_nofollow(Path(path)), "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

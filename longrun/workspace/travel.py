@@ -43,7 +43,6 @@ into the workspace's ``.git/config`` takes part.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -56,7 +55,7 @@ from longrun import atomicio
 from longrun.errors import LongrunError
 from longrun.journal.payloads import StageFinished
 from longrun.journal.state import RunState
-from longrun.storage.paths import MAESTRO, JobPaths
+from longrun.storage.paths import MAESTRO, JobPaths, sha256_file
 from longrun.workspace.gitutil import _git, diff_trees, snapshot_tree
 
 __all__ = ["TRANSPORTS", "Materialized", "apply_patch", "clone", "materialize", "patch_paths", "push_tree"]
@@ -187,14 +186,6 @@ def apply_patch(workspace: Path, patch: Path) -> None:
         raise _diverged(f"{patch} does not apply to {workspace}: {proc.stderr.strip()}")
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _replayed(state: RunState) -> list[int]:
     """The iterations whose patch the workspace holds: every finished one, and an open one whose checkpoint was written."""
     return [i for i in range(1, state.iteration + 1) if i != state.open_iteration or i in state.checkpoints]
@@ -215,7 +206,7 @@ def _replay(workspace: Path, tree: str, state: RunState, paths: JobPaths, iterat
         if not patch.is_file():
             raise _diverged(f"the patch of iteration {i} ({patch}) is missing (pruned, or not fetched)")
         digest = state.checkpoints.get(i, {}).get("patch.diff")
-        if digest is not None and _sha256_file(patch) != digest:
+        if digest is not None and sha256_file(patch) != digest:
             raise _diverged(f"{patch} is not the patch the journal recorded (sha256 differs): it was altered")
         if patch.stat().st_size:
             apply_patch(workspace, patch)
@@ -279,7 +270,7 @@ def _open_iteration(workspace: Path, state: RunState, tree: str, paths: JobPaths
     patch = stage_patch_path(paths, it, last.stage)
     if not patch.is_file():
         raise _diverged(f"the patch of stage {last.stage} of iteration {it} ({patch}) is missing (not fetched)")
-    if last.patch_sha256 is not None and _sha256_file(patch) != last.patch_sha256:
+    if last.patch_sha256 is not None and sha256_file(patch) != last.patch_sha256:
         raise _diverged(f"{patch} is not the patch the journal recorded (sha256 differs): it was altered")
     if patch.stat().st_size:
         apply_patch(workspace, patch)
